@@ -1,0 +1,439 @@
+"""The daemon: sources feed the core thread, the core runs the policy and fills the outbox,
+the sender empties it. The main thread only waits for signals.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from typing import Any
+
+from notifier import sources as source_registry
+from notifier.events import Event, Severity
+from notifier.mail.render import Renderer
+from notifier.policy import AnchoredClock, Mail, Policy, PolicySettings
+from notifier.sender import Sender
+from notifier.sources.base import PeriodicSource, Scheduler, Source
+from notifier.spool import Spool, SpoolError
+
+log = logging.getLogger("notifier")
+
+INBOX_EVERY = 60.0  # how often the core looks for events `send` spooled while it was busy starting
+MAX_BATCH = 5000  # queue items applied before one commit
+
+
+class SourceContextImpl:
+    """What sources see of the daemon (the SourceContext protocol)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    @property
+    def host(self) -> str:
+        return self._daemon.host
+
+    def post(self, events: list[Event], positions: dict[str, Any] | None = None) -> None:
+        self._daemon.submit(("events", events, positions, None))
+
+    def position(self, key: str) -> Any | None:
+        return self._daemon.positions.get(key)
+
+    def now(self) -> float:
+        return self._daemon.clock()
+
+
+class Daemon:
+    """One running notifier: build with a validated config, then `run()`."""
+
+    def __init__(self, conf: dict[str, Any], config_path: str) -> None:
+        from notifier.mail.message import make_message_id
+        from notifier.mail.smtp import SmtpSettings
+
+        self.conf = conf
+        self.config_path = config_path
+        self.clock = AnchoredClock()
+        self.host: str = conf["host_label"]
+        self.state_dir: str = conf["state_dir"]
+        self.spool = Spool(self.state_dir)
+        self.positions: dict[str, Any] = self.spool.positions()
+        now = self.clock()
+        self.policy = Policy(PolicySettings.from_config(conf["policy"]), now,
+                             lambda: make_message_id(self.host))
+        self.policy.restore(self.spool.load_alerts(), self.spool.load_pending(),
+                            self.spool.get_meta("policy", {}) or {}, now)
+        self.renderer = Renderer(conf["templates_dir"], self.host)
+        self.inq: queue.Queue[tuple] = queue.Queue(maxsize=2000)
+        self.sender = Sender(self.state_dir, SmtpSettings.from_config(conf["smtp"]), self._password,
+                             self.clock, conf["policy"]["retry_max"])
+        self.scheduler = Scheduler()
+        self.ctx = SourceContextImpl(self)
+        self.sources: dict[str, Source] = {}
+        self.spool_error: str | None = None
+        self.started = time.time()
+        self._core_thread: threading.Thread | None = None
+        self._core_beat = time.monotonic()
+        self._memory_outbox: list[Mail] = []
+        self._last_status = ""
+        self._inbox_checked = 0.0
+        self._health_saved: dict[str, tuple] = {}
+        from notifier.sdnotify import SystemdNotifier
+
+        self.notify = SystemdNotifier()
+
+    # -- secrets ---------------------------------------------------------------
+    def _password(self) -> str | None:
+        from notifier.secrets import find_password
+
+        if not self.conf["smtp"].get("username"):
+            return None
+        secret = find_password(self.conf)
+        if secret is None:
+            raise RuntimeError("no SMTP password found: store one with `notifier set-password`, "
+                               "smtp.password_file, or the systemd credential smtp-password")
+        from notifier.logsetup import register_secret
+
+        register_secret(secret.value)
+        return secret.value
+
+    # -- the queue into the core ------------------------------------------------------
+    def submit(self, item: tuple) -> None:
+        self.inq.put(item)
+
+    def post_and_wait(self, events: list[Event], timeout: float = 10.0) -> bool:
+        """Post events and wait until they are committed to the spool (for `send`)."""
+        done = threading.Event()
+        self.submit(("events", events, None, done))
+        return done.wait(timeout)
+
+    # -- sources -------------------------------------------------------------------------
+    def _build_sources(self, conf: dict[str, Any]) -> dict[str, Source]:
+        built: dict[str, Source] = {}
+        for key, entries in (conf.get("sources") or {}).items():
+            if not entries:
+                continue
+            cls = source_registry.get(key)
+            for index, entry in enumerate(entries):
+                src = cls(entry, index, self.ctx)
+                if src.name in built:
+                    src.name = f"{key}[{index}]"
+                built[src.name] = src
+        return built
+
+    def _start_source(self, src: Source) -> None:
+        try:
+            if isinstance(src, PeriodicSource):
+                self.scheduler.add(src)
+            else:
+                src.start()
+        except Exception as exc:
+            log.exception("source %s could not start", src.name)
+            src.report_failure(f"could not start: {type(exc).__name__}: {exc}")
+
+    def _stop_source(self, src: Source) -> None:
+        try:
+            if isinstance(src, PeriodicSource):
+                self.scheduler.remove(src)
+            else:
+                src.stop()
+        except Exception:
+            log.exception("source %s did not stop cleanly", src.name)
+
+    def _apply_sources(self, conf: dict[str, Any]) -> None:
+        wanted = self._build_sources(conf)
+        for name, src in list(self.sources.items()):
+            new = wanted.get(name)
+            if new is None or new.identity_of_config() != src.identity_of_config():
+                self._stop_source(src)
+                del self.sources[name]
+                log.info("source %s %s", name, "removed" if new is None else "changed, restarting it")
+        for name, src in wanted.items():
+            if name not in self.sources:
+                self.sources[name] = src
+                self._start_source(src)
+
+    # -- the core thread ---------------------------------------------------------------
+    def _core(self) -> None:
+        self._take_inbox()
+        while True:
+            self._core_beat = time.monotonic()
+            now = self.clock()
+            deadline = self.policy.next_deadline(now)
+            timeout = INBOX_EVERY if deadline is None else min(INBOX_EVERY, max(0.0, deadline - now))
+            batch = []
+            try:
+                batch.append(self.inq.get(timeout=timeout))
+                while len(batch) < MAX_BATCH:
+                    batch.append(self.inq.get_nowait())
+            except queue.Empty:
+                pass
+            stop = False
+            positions: dict[str, Any] = {}
+            waiting: list[threading.Event] = []
+            for item in batch:
+                kind = item[0]
+                if kind == "events":
+                    _, events, pos, done = item
+                    for event in events:
+                        try:
+                            self.policy.observe(event, self.clock())
+                        except Exception:
+                            log.exception("could not take event %.200r", event)
+                    if pos:
+                        positions.update(pos)
+                    if done is not None:
+                        waiting.append(done)
+                elif kind == "reload":
+                    self._reload_core(item[1])
+                    waiting.append(item[2])
+                elif kind == "stop":
+                    stop = True
+            if time.monotonic() - self._inbox_checked > INBOX_EVERY:
+                self._take_inbox()
+            self._flush(positions)
+            for done in waiting:
+                done.set()
+            self._update_status()
+            if stop:
+                return
+
+    def _take_inbox(self) -> None:
+        self._inbox_checked = time.monotonic()
+        try:
+            if not self.spool.has_inbox():
+                return
+            with self.spool.transaction() as db:
+                raw = self.spool.take_inbox(db)
+                for d in raw:
+                    try:
+                        event = Event.from_dict(d)
+                    except (KeyError, ValueError, TypeError) as exc:
+                        log.error("dropping an unusable spooled event (%s): %.200r", exc, d)
+                        continue
+                    event.host = event.host or self.host
+                    self.policy.observe(event, self.clock())
+                self._write_policy(db, {})
+            if raw:
+                log.info("took %d event(s) spooled by `notifier send` while the daemon was not running", len(raw))
+        except SpoolError as exc:
+            self._spool_failed(exc)
+
+    def _render(self, mail: Mail) -> bytes:
+        from notifier.mail.message import build_message
+
+        smtp = self.conf["smtp"]
+        try:
+            subject, text, html = self.renderer.render(mail)
+        except Exception as exc:  # even the built-in templates failed: still say something
+            log.exception("rendering mail failed")
+            subject = f"[{self.host}] {len(mail.items)} alert(s) (template error)"
+            text = f"The mail template failed ({exc}); the raw items follow.\n\n" + "\n".join(
+                f"{str(Severity(i.severity)).upper()} {i.summary} ({i.count}x)" for i in mail.items)
+            html = None
+        return build_message(mail_from=smtp["from"], to=smtp["to"], subject=subject, text=text, html=html,
+                             message_id=mail.message_id, in_reply_to=mail.in_reply_to,
+                             references=mail.references, date=time.time())
+
+    def _write_policy(self, db: Any, positions: dict[str, Any]) -> None:
+        self.spool.save_policy(db, self.policy)
+        if positions:
+            self.spool.save_positions(db, positions)
+
+    def _flush(self, positions: dict[str, Any]) -> None:
+        now = self.clock()
+        mails = self._memory_outbox + self.policy.tick(now)
+        gone = self.policy.forget_old(now) if not mails else []
+        try:
+            with self.spool.transaction() as db:
+                for mail in mails:
+                    self.spool.add_outbox(db, created=mail.created, message_id=mail.message_id,
+                                          mail_from=self.conf["smtp"]["from"], rcpts=list(self.conf["smtp"]["to"]),
+                                          data=self._render(mail), summary=_summary(mail),
+                                          events=mail.total_events)
+                self._write_policy(db, positions)
+                if gone:
+                    self.spool.forget_alerts(db, gone)
+                self._save_health(db)
+        except SpoolError as exc:
+            # Keep everything in memory (dirty sets stay set) and try again on the next round.
+            self._memory_outbox = mails
+            self._spool_failed(exc)
+            return
+        self.positions.update(positions)
+        self.policy.dirty_alerts.clear()
+        self.policy.dirty_pending.clear()
+        self.policy.removed_pending.clear()
+        self._memory_outbox = []
+        if self.spool_error:
+            log.warning("the spool is writable again; %s", self.spool.path)
+            self.spool_error = None
+        if mails:
+            self.sender.wake()
+
+    def _spool_failed(self, exc: Exception) -> None:
+        if str(exc) != self.spool_error:
+            log.error("SPOOL UNWRITABLE: %s. Alerts are kept in memory and retried; free space or "
+                      "fix permissions on %s.", exc, self.state_dir)
+        self.spool_error = str(exc)
+
+    def _save_health(self, db: Any) -> None:
+        health = {n: (s.last_check, s.last_error) for n, s in self.sources.items()}
+        if health != self._health_saved:
+            self.spool.save_source_health(db, health)
+            self._health_saved = health
+
+    def _update_status(self) -> None:
+        try:
+            stats = self.spool.outbox_stats()
+        except Exception:
+            return
+        text = f"{len(self.policy.open_alerts())} active alert(s), outbox {stats['depth']}"
+        if self.spool_error:
+            text += ", SPOOL UNWRITABLE"
+        if self.sender.last_error:
+            text += f", last error: {self.sender.last_error[:80]}"
+        if text != self._last_status:
+            self._last_status = text
+            self.notify.status(text)
+
+    # -- reload ---------------------------------------------------------------------------
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; keep running the old one if the new one is invalid."""
+        from notifier.config import ConfigInvalid, load_config
+
+        self.notify.reloading()
+        try:
+            try:
+                conf = load_config(self.config_path)
+            except ConfigInvalid as exc:
+                for problem in exc.problems:
+                    log.error("reload refused: %s", problem.format(exc.filename))
+                log.error("reload refused: %d problem(s) in %s; still running the previous configuration",
+                          len(exc.problems), self.config_path)
+                return
+            if conf["state_dir"] != self.state_dir:
+                log.warning("state_dir changed to %s; that takes a restart, still using %s",
+                            conf["state_dir"], self.state_dir)
+                conf["state_dir"] = self.state_dir
+            done = threading.Event()
+            self.submit(("reload", conf, done))
+            done.wait(30)
+            log.info("reloaded %s", self.config_path)
+        finally:
+            self.notify.ready()
+
+    def _reload_core(self, conf: dict[str, Any]) -> None:
+        from notifier.mail.smtp import SmtpSettings
+
+        self.conf = conf
+        self.host = conf["host_label"]
+        self.policy.reconfigure(PolicySettings.from_config(conf["policy"]), self.clock())
+        self.renderer = Renderer(conf["templates_dir"], self.host)
+        self._apply_sources(conf)
+        try:
+            self.spool.retry_now()  # the admin has usually just fixed something
+        except SpoolError as exc:
+            self._spool_failed(exc)
+        self.sender.reconfigure(SmtpSettings.from_config(conf["smtp"]), conf["policy"]["retry_max"])
+
+    # -- control socket -----------------------------------------------------------------------
+    def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "ping":
+            return {"ok": True}
+        if op == "send":
+            try:
+                event = Event.from_dict(request.get("event") or {})
+            except (KeyError, ValueError, TypeError) as exc:
+                return {"ok": False, "error": f"malformed event: {exc}"}
+            event.host = event.host or self.host
+            event.time = event.time or self.clock()
+            if not self.post_and_wait([event]):
+                return {"ok": False, "error": "the daemon did not take the event in time"}
+            return {"ok": True, "queued": True, "spool_error": self.spool_error}
+        if op == "status":
+            from notifier.status import collect_status
+
+            spool = Spool(self.state_dir, readonly=True)
+            try:
+                return {"ok": True, "status": collect_status(spool, self.live_status())}
+            finally:
+                spool.close()
+        return {"ok": False, "error": f"unknown op {op!r} (known: ping, send, status)"}
+
+    def live_status(self) -> dict[str, Any]:
+        return {
+            "running": True,
+            "since": self.started,
+            "spool_error": self.spool_error,
+            "sender_error": self.sender.last_error,
+            "template_errors": self.renderer.errors,
+            "sources": [{"name": n, "last_check": s.last_check, "last_error": s.last_error}
+                        for n, s in sorted(self.sources.items())],
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def healthy(self) -> bool:
+        """For the systemd watchdog: every worker alive and the core turning."""
+        core_ok = self._core_thread is not None and self._core_thread.is_alive() and \
+            time.monotonic() - self._core_beat < 3 * INBOX_EVERY
+        return core_ok and self.sender.healthy() and self.scheduler.alive() and self.control.alive()
+
+    def run(self) -> int:
+        from notifier.control import ControlServer
+        from notifier.sdnotify import WatchdogPinger
+
+        signals = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # threads started below inherit the mask
+        self.control = ControlServer(self.state_dir, self.handle_request)
+        self.control.start()
+        self._core_thread = threading.Thread(target=self._core, name="core", daemon=True)
+        self._core_thread.start()
+        self.spool.retry_now()  # on start-up, try the outbox at once
+        self.sender.start()
+        self.scheduler.start()
+        self._apply_sources(self.conf)
+        pinger = WatchdogPinger(self.notify, self.healthy)
+        pinger.start()
+        self.notify.ready()
+        log.info("notifier %s running: %d source(s), state in %s", _version(), len(self.sources), self.state_dir)
+        try:
+            while True:
+                sig = signal.sigwait(signals)
+                if sig == signal.SIGHUP:
+                    self.reload()
+                else:
+                    log.info("%s: stopping", signal.Signals(sig).name)
+                    break
+        finally:
+            self.notify.stopping()
+            self.shutdown()
+            pinger.stop()
+        return 0
+
+    def shutdown(self) -> None:
+        for src in list(self.sources.values()):
+            self._stop_source(src)
+        self.scheduler.stop()
+        self.submit(("stop",))
+        if self._core_thread:
+            self._core_thread.join(timeout=10)
+        self.sender.stop(grace=5.0)
+        self.control.stop()
+        log.info("stopped; %d mail(s) left in the outbox for next time", self.spool.outbox_stats()["depth"])
+        self.spool.close()
+
+
+def _summary(mail: Mail) -> str:
+    if len(mail.items) == 1:
+        item = mail.items[0]
+        return f"{item.kind} {item.source}/{item.check}/{item.key}: {item.summary}"[:200]
+    return f"{mail.kind}: {len(mail.items)} alerts, {mail.total_events} events"
+
+
+def _version() -> str:
+    from notifier import __version__
+
+    return __version__
