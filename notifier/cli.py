@@ -124,8 +124,32 @@ def cmd_test_email(args: argparse.Namespace) -> int:
     return send_test_mail(conf, args.to, verbose=bool(args.verbose))
 
 
+def _conf_for_send(args: argparse.Namespace) -> dict[str, Any]:
+    """The config, or, if it is broken (mid-edit), enough of it to hand the event over anyway:
+    an alert from smartd must not be lost because someone is editing the YAML."""
+    from notifier.config import ConfigInvalid
+
+    try:
+        return _load(args)
+    except ConfigInvalid as exc:
+        import socket
+
+        import yaml
+
+        try:
+            raw = yaml.safe_load(open(args.config, encoding="utf-8"))
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            raw = None
+        raw = raw if isinstance(raw, dict) else {}
+        state_dir = raw.get("state_dir") if isinstance(raw.get("state_dir"), str) else "/var/lib/notifier"
+        host = raw.get("host_label") if isinstance(raw.get("host_label"), str) else socket.gethostname()
+        print(f"notifier send: warning: {exc.filename} has {len(exc.problems)} problem(s) (see "
+              f"`notifier check`); handing the event over through {state_dir} anyway", file=sys.stderr)
+        return {"state_dir": state_dir, "host_label": host}
+
+
 def cmd_send(args: argparse.Namespace) -> int:
-    conf = _load(args)
+    conf = _conf_for_send(args)
     import time
 
     from notifier.control import request, socket_path

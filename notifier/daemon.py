@@ -156,6 +156,11 @@ class Daemon:
 
     # -- the core thread ---------------------------------------------------------------
     def _core(self) -> None:
+        try:
+            self.spool.retry_now()  # on start-up, try the outbox at once
+        except SpoolError as exc:
+            self._spool_failed(exc)
+        self.sender.wake()
         self._take_inbox()
         while True:
             self._core_beat = time.monotonic()
@@ -391,7 +396,6 @@ class Daemon:
         self.control.start()
         self._core_thread = threading.Thread(target=self._core, name="core", daemon=True)
         self._core_thread.start()
-        self.spool.retry_now()  # on start-up, try the outbox at once
         self.sender.start()
         self.scheduler.start()
         self._apply_sources(self.conf)
