@@ -38,15 +38,11 @@ _budget: contextvars.ContextVar[list[int]] = contextvars.ContextVar("budget")
 
 def builtin_dir() -> Path:
     """The shipped templates: inside the installed package, or `templates/` in a source tree."""
-    try:
-        from importlib.resources import files
-
-        path = Path(str(files("notifier.templates")))
-        if (path / "subject.txt.j2").is_file():
-            return path
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parent.parent.parent / "templates"
+    package = Path(__file__).resolve().parent.parent
+    installed = package / "templates"
+    if (installed / "subject.txt.j2").is_file():
+        return installed
+    return package.parent / "templates"
 
 
 class TemplateFailed(Exception):
