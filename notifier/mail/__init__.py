@@ -1,0 +1,1 @@
+"""Mail: building messages, rendering templates and speaking SMTP."""
