@@ -122,6 +122,13 @@ class Sender:
                              ", ".join(r for r in row.rcpts if r not in outcome.refused), outcome.reply, refused)
                     if outcome.refused:
                         self.last_error = f"recipients refused: {', '.join(outcome.refused)}"
+                    if outcome.deferred:
+                        # Those recipients still need it: a copy waits in the outbox for them.
+                        # events=0: its events are already counted by the delivered original.
+                        why = "; ".join(f"{r}: {e}" for r, e in outcome.deferred.items())
+                        spool.requeue_for(row, list(outcome.deferred),
+                                          now + backoff(row.attempts, self.retry_max), why)
+                        log.warning("mail %d deferred for %s; kept for a retry", row.id, why)
                 else:
                     error = outcome.permanent_error or outcome.reply
                     spool.mark_failed(row, now, error)

@@ -265,6 +265,15 @@ class Spool:
                        (KEEP_DELIVERED,))
             self.set_meta(db, "last_delivery", {"time": now, "reply": reply, "summary": row.summary})
 
+    def requeue_for(self, row: OutboxRow, rcpts: list[str], next_attempt: float, error: str) -> None:
+        """A copy of a delivered mail for recipients the server deferred (4xx), tried again later."""
+        with self.transaction() as db:
+            new_id = self.add_outbox(db, created=row.created, message_id=row.message_id,
+                                     mail_from=row.mail_from, rcpts=rcpts, data=row.data,
+                                     summary=row.summary, events=0)
+            db.execute("UPDATE outbox SET attempts = ?, next_attempt = ?, last_error = ? WHERE id = ?",
+                       (row.attempts + 1, next_attempt, error, new_id))
+
     def mark_failed(self, row: OutboxRow, now: float, error: str) -> None:
         """A permanent refusal: keep the mail for the admin to see, never retry it in a loop."""
         with self.transaction() as db:

@@ -221,3 +221,32 @@ def test_message_survives_parsing_with_strict_policy(daemon, catcher, setup):
     parsed = email.message_from_bytes(m.data, policy=email.policy.strict)
     assert parsed["Subject"].startswith("[nas01] WARNING: Ünïcödé disk ✓")
     assert all(len(line) <= 998 for line in m.data.split(b"\r\n"))
+
+
+def test_a_deferred_recipient_gets_the_mail_later_and_a_refused_one_is_recorded(tmp_path, catcher):
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD)
+    os.chmod(pw, 0o600)
+    state = tmp_path / "state"
+    to = ["admin@example.com", "busy@example.com", "gone@example.com"]
+    config = write_config(tmp_path / "c.yaml", smtp_section(catcher, username="alerts@example.com",
+                                                            password_file=str(pw), to=to), state)
+    catcher.defer_rcpt = {"busy@example.com"}
+    catcher.reject_rcpt = {"gone@example.com"}
+    d = DaemonProcess(config, state, tmp_path / "d.log").wait_ready()
+    try:
+        send(config, "--severity", "warning", "--subject", "raid degraded")
+        (first,) = catcher.wait_for(1)
+        assert first.rcpt_tos == ["admin@example.com"]
+        wait_for(lambda: "gone@example.com" in d.log() and "deferred" in d.log(), 10, "the log lines")
+        catcher.defer_rcpt = set()
+        second = catcher.wait_for(2, timeout=20)[1]
+        assert second.rcpt_tos == ["busy@example.com"]
+        assert second.message["Message-ID"] == first.message["Message-ID"]
+        import sqlite3
+
+        with sqlite3.connect(state / "spool.db") as db:
+            refused = [r[0] for r in db.execute("SELECT refused FROM delivered ORDER BY id")]
+        assert refused[0] and "gone@example.com" in refused[0]
+    finally:
+        d.stop()
