@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from notifier.catcher import Catcher
+from notifier.catcher import Catcher, Certs
 from tests.helpers import DaemonProcess, run_cli, smtp_section, status_json, wait_for, write_config
 
 PASSWORD = "s3cret-Pa55-word"
@@ -104,11 +104,9 @@ def test_send_without_daemon_is_spooled_and_delivered_by_the_next_run(tmp_path, 
 
 def test_kill_9_with_smtp_down_then_restart_delivers_exactly_once(tmp_path):
     certs_dir = tmp_path / "mail"
-    down = Catcher(certs_dir, tls="tls")
-    down.start()
-    port, certs = down.port, down.certs
-    down._own_certs = False
-    down.stop()  # the server is down; its port and CA are what the config names
+    certs = Certs(("localhost", "127.0.0.1"))
+    with Catcher(certs_dir, tls="tls", cert=certs) as down:
+        port = down.port  # the server is down; its port and CA are what the config names
     state = tmp_path / "state"
     smtp = {"host": "localhost", "port": port, "security": "tls", "ca_file": str(certs.ca_file),
             "from": "a@example.com", "to": ["b@example.com"], "timeout": "5s"}
