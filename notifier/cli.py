@@ -75,11 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         from notifier.spool import SpoolError
 
         if isinstance(exc, SpoolError | OSError):
-            print(f"notifier: {exc}", file=sys.stderr)
+            from notifier.logsetup import redact
+
+            print(redact(f"notifier: {exc}"), file=sys.stderr)
             return 1
         if args.verbose:
             raise
-        print(f"notifier: internal error: {type(exc).__name__}: {exc} (run with -v for details)",
+        from notifier.logsetup import redact
+
+        print(redact(f"notifier: internal error: {type(exc).__name__}: {exc} (run with -v for details)"),
               file=sys.stderr)
         return 1
 
@@ -99,14 +103,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _permission_warnings(conf: dict[str, Any]) -> list[str]:
-    from notifier.secrets import file_warnings
+    from notifier.secrets import config_warnings
 
-    warnings = []
-    for path in (conf["_file"], conf["smtp"].get("password_file")):
-        if path:
-            for w in file_warnings(path):
-                log.warning("%s", w)
-                warnings.append(w)
+    warnings = config_warnings(conf)
+    for w in warnings:
+        log.warning("%s", w)
     return warnings
 
 

@@ -93,9 +93,6 @@ class Daemon:
         if secret is None:
             raise RuntimeError("no SMTP password found: store one with `notifier set-password`, "
                                "smtp.password_file, or the systemd credential smtp-password")
-        from notifier.logsetup import register_secret
-
-        register_secret(secret.value)
         return secret.value
 
     # -- the queue into the core ------------------------------------------------------
