@@ -1,0 +1,147 @@
+"""Finding a program's processes (by name, command line or pidfile) and measuring them."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import psutil
+
+from notifier import units
+from notifier.events import Severity
+from notifier.sources.base import Observation
+
+_COMM_LENGTH = 15  # Linux truncates a process name (comm) to 15 characters
+
+
+def name_matches(name: str, proc_name: str, cmdline: list[str] | None) -> bool:
+    """Whether a process called `proc_name` with `cmdline` is the program `name`."""
+    if proc_name == name:
+        return True
+    if len(proc_name) == _COMM_LENGTH and name.startswith(proc_name):
+        return True
+    return bool(cmdline) and os.path.basename(cmdline[0]) == name
+
+
+class ProcessWatch:
+    """The processes of one program across checks; keeps psutil handles so CPU use can be
+    measured between two checks instead of with a sleep."""
+
+    def __init__(self, name: str, cmdline: str | None = None, pidfile: str | None = None) -> None:
+        self.name = name
+        self.cmdline = re.compile(cmdline) if cmdline else None
+        self.pidfile = pidfile
+        self._handles: dict[tuple[int, float], psutil.Process] = {}
+
+    def find(self) -> tuple[list[psutil.Process], str]:
+        """The running processes, and if there are none, why."""
+        if self.pidfile:
+            return self._from_pidfile()
+        me = os.getpid()
+        found = []
+        for proc in psutil.process_iter(["name", "cmdline", "status"]):
+            info = proc.info
+            if proc.pid == me or info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if self.cmdline is not None:
+                if self.cmdline.search(" ".join(info["cmdline"] or [])):
+                    found.append(proc)
+            elif name_matches(self.name, info["name"] or "", info["cmdline"]):
+                found.append(proc)
+        if found:
+            return found, ""
+        if self.cmdline is not None:
+            return [], f"no process has a command line matching {self.cmdline.pattern!r}"
+        return [], f"no process named {self.name} is running"
+
+    def _from_pidfile(self) -> tuple[list[psutil.Process], str]:
+        try:
+            with open(self.pidfile, encoding="ascii", errors="replace") as f:
+                text = f.read(64)
+        except FileNotFoundError:
+            return [], f"pidfile {self.pidfile} does not exist ({self.name} not running?)"
+        except OSError as exc:
+            return [], f"cannot read pidfile {self.pidfile}: {exc.strerror}"
+        pid_text = text.strip().split("\n")[0].strip()
+        if not pid_text.isdigit():
+            return [], f"pidfile {self.pidfile} holds no process id: {pid_text[:40]!r}"
+        pid = int(pid_text)
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                raise psutil.NoSuchProcess(pid)
+            proc_name, cmdline = proc.name(), proc.cmdline()
+        except psutil.NoSuchProcess:
+            return [], f"process {pid} from {self.pidfile} is not running (stale pidfile)"
+        except psutil.AccessDenied:
+            return [proc], ""
+        if not name_matches(self.name, proc_name, cmdline):
+            return [], (f"process {pid} from {self.pidfile} is {proc_name!r}, not {self.name} "
+                        "(stale pidfile, the id was reused)")  # fmt: skip
+        return [proc], ""
+
+    def observe(self, cpu_limit: float | None, memory_limit: int | None) -> list[Observation]:
+        """The `process` state, plus `process-cpu` and `process-memory` when limits are set."""
+        procs, why = self.find()
+        if not procs:
+            return [Observation("process", self.name, Severity.CRITICAL, why,
+                                {"process": self.name, "error": why})]  # fmt: skip
+        pids = sorted(p.pid for p in procs)
+        details: dict[str, Any] = {"process": self.name, "pids": pids[:20], "count": len(pids)}
+        out = [Observation("process", self.name, None,
+                           f"{self.name} is running ({_count(len(pids))})", details)]  # fmt: skip
+        if cpu_limit is not None:
+            cpu = self._cpu(procs)
+            if cpu is not None:  # None: first sight of these processes, nothing to compare yet
+                out.append(self._judge("process-cpu", cpu, cpu_limit, f"{cpu:.0f}% CPU",
+                                       f"{cpu_limit:g}%", {**details, "cpu_percent": cpu}))  # fmt: skip
+        if memory_limit is not None:
+            rss = self._rss(procs)
+            out.append(self._judge("process-memory", rss, memory_limit,
+                                   f"{units.format_size(rss)} of memory (RSS)",
+                                   units.format_size(memory_limit),
+                                   {**details, "rss": units.format_size(rss), "rss_bytes": rss}))  # fmt: skip
+        return out
+
+    def _judge(self, check: str, value: float, limit: float, what: str, limit_text: str,
+               details: dict[str, Any]) -> Observation:  # fmt: skip
+        details["limit"] = limit_text
+        if value > limit:
+            return Observation(check, self.name, Severity.WARNING,
+                               f"{self.name} uses {what}, more than {limit_text}", details)  # fmt: skip
+        return Observation(check, self.name, None, f"{self.name} uses {what}", details)
+
+    def _cpu(self, procs: list[psutil.Process]) -> float | None:
+        """Summed CPU percent since the previous check (above 100 on several cores, like top)."""
+        total, measured = 0.0, 0
+        handles: dict[tuple[int, float], psutil.Process] = {}
+        for proc in procs:
+            try:
+                ident = (proc.pid, proc.create_time())
+                handle = self._handles.get(ident)
+                if handle is None:
+                    handle = proc
+                    handle.cpu_percent(None)  # starts the measurement
+                else:
+                    total += handle.cpu_percent(None)
+                    measured += 1
+                handles[ident] = handle
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        self._handles = handles  # forget processes that are gone
+        return total if measured else None
+
+    @staticmethod
+    def _rss(procs: list[psutil.Process]) -> int:
+        total = 0
+        for proc in procs:
+            try:
+                total += proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return total
+
+
+def _count(n: int) -> str:
+    return "1 process" if n == 1 else f"{n} processes"
