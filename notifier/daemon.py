@@ -79,6 +79,7 @@ class Daemon:
         self._last_status = ""
         self._inbox_checked = 0.0
         self._health_saved: dict[str, tuple] = {}
+        self._sweep_after: dict[str, int] | None = None  # runs each source must pass first
         from notifier.sdnotify import SystemdNotifier
 
         self.notify = SystemdNotifier()
@@ -150,6 +151,8 @@ class Daemon:
             if name not in self.sources:
                 self.sources[name] = src
                 self._start_source(src)
+        self._sweep_after = {n: s.completed_runs for n, s in self.sources.items()
+                             if isinstance(s, PeriodicSource)}
 
     # -- the core thread ---------------------------------------------------------------
     def _core(self) -> None:
@@ -194,12 +197,44 @@ class Daemon:
                     stop = True
             if time.monotonic() - self._inbox_checked > INBOX_EVERY:
                 self._take_inbox()
+            self._sweep()
             self._flush(positions)
             for done in waiting:
                 done.set()
             self._update_status()
             if stop:
                 return
+
+    def _sweep(self) -> None:
+        """Resolve open alerts nothing checks any more: a service removed from the config, a
+        source gone, a key a source stopped reporting. Runs once after start and each reload,
+        when every periodic source has completed a check, so nothing still open is cleared."""
+        after = self._sweep_after
+        if after is None:
+            return
+        periodic = {n: s for n, s in self.sources.items() if isinstance(s, PeriodicSource)}
+        if any(s.completed_runs <= after.get(n, 0) for n, s in periodic.items()):
+            return
+        self._sweep_after = None
+        configured = {s.key for s in self.sources.values()}
+        periodic_keys = {s.key for s in periodic.values()}
+        reported = {(s.key, c, k) for s in periodic.values() for c, k in s.last_keys}
+        known = set(source_registry.names())
+        now = self.clock()
+        for alert in self.policy.open_alerts():
+            if alert.source == "notifier" and alert.check == "source-failing":
+                stale = alert.key not in self.sources
+            elif alert.source in known:
+                stale = alert.source not in configured or (
+                    alert.source in periodic_keys and alert.identity not in reported)
+            else:
+                stale = False  # opened by `notifier send`: only its sender can clear it
+            if stale:
+                log.info("resolving %s/%s/%s: no longer checked", *alert.identity)
+                self.policy.observe(Event(alert.source, alert.check, alert.key, Severity.INFO, "resolved",
+                                          f"no longer checked: {alert.summary}",
+                                          {"reason": "removed from the configuration or no longer reported"},
+                                          now, self.host), now)
 
     def _take_inbox(self) -> None:
         self._inbox_checked = time.monotonic()

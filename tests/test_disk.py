@@ -289,6 +289,17 @@ def test_unmounted_disk_is_missing_until_it_is_back(tmp_path):
         assert by_check(src.check(), "missing")[str(usb)].severity is None
 
 
+def test_a_mount_that_vanished_while_the_daemon_was_down_is_still_missed(tmp_path):
+    ctx = FakeContext()  # its positions stand for the spool across the restart
+    usb = tmp_path / "usb"
+    with tmpfs(usb):
+        DiskSource(entry(mounts=[f"{tmp_path}/*"], fstypes=["tmpfs"]), 0, ctx).check()
+    restarted = DiskSource(entry(mounts=[f"{tmp_path}/*"], fstypes=["tmpfs"]), 0, ctx)
+    assert by_check(restarted.check(), "missing")[str(usb)].severity is Severity.CRITICAL
+    with tmpfs(usb):
+        assert by_check(restarted.check(), "missing")[str(usb)].severity is None
+
+
 def test_listed_mount_point_that_is_not_mounted_is_critical(tmp_path):
     ctx = FakeContext()
     (tmp_path / "backup").mkdir()

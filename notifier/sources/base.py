@@ -136,6 +136,8 @@ class PeriodicSource(Source):
         self.debounce: int = conf.get("for") or 1
         self.timeout: float = conf.get("timeout") or 30.0
         self._streak: dict[tuple[str, str], tuple[Severity | None, int]] = {}
+        self.completed_runs = 0  # successful checks since start
+        self.last_keys: set[tuple[str, str]] = set()  # (check, key) the latest check reported
 
     def check(self) -> list[Observation]:
         raise NotImplementedError
@@ -149,6 +151,8 @@ class PeriodicSource(Source):
             self.report_failure(f"{type(exc).__name__}: {exc}")
             return
         events = self.to_events(observations)
+        self.last_keys = {(ob.check, ob.key) for ob in observations}
+        self.completed_runs += 1
         if events:
             self.ctx.post(events)
         self.report_ok()

@@ -175,7 +175,13 @@ class DiskSource(PeriodicSource):
     def __init__(self, conf: dict[str, Any], index: int, ctx: Any) -> None:
         super().__init__(conf, index, ctx)
         self.statfs = StatfsPool()
-        self._known: dict[str, Mount] = {}  # mounts seen, to notice when one disappears
+        # Mounts seen, to notice when one disappears; kept in the spool so a mount that
+        # vanished while the daemon was down is still missed (and resolved when back).
+        self._known_key = f"disk:{self.name}:known"
+        saved = ctx.position(self._known_key) or {}
+        self._known: dict[str, Mount] = {
+            p: Mount(p, d, t) for p, (d, t) in saved.items() if isinstance(p, str)
+        }
         self._levels: dict[tuple[str, str], Severity | None] = {}  # for hysteresis
         self._last_used: dict[str, tuple[float, int]] = {}  # for the trend
 
@@ -212,7 +218,10 @@ class DiskSource(PeriodicSource):
     def check(self) -> list[Observation]:
         mounts = current_mounts()
         chosen, required = self.select(mounts)
-        self._known.update(chosen)
+        if any(self._known.get(p) != m for p, m in chosen.items()):
+            self._known.update(chosen)
+            known = {p: [m.device, m.fstype] for p, m in self._known.items()}
+            self.ctx.post([], positions={self._known_key: known})
         observations = self._presence(mounts, required)
         results = self.statfs.run(sorted(chosen), self.conf["statfs_timeout"])
         for point, result in results.items():
