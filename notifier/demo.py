@@ -71,6 +71,9 @@ def run_demo(directory: str | None = None, *, verbose: bool = False) -> int:
     from notifier.catcher import Catcher
     from notifier.control import request, socket_path
 
+    import logging
+
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's chatter
     base = Path(directory or tempfile.mkdtemp(prefix="notifier-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     maildir = base / "mail"
@@ -147,7 +150,11 @@ def run_demo(directory: str | None = None, *, verbose: bool = False) -> int:
             msg = m.message
             thread = f"  (reply to {msg['In-Reply-To']})" if msg["In-Reply-To"] else ""
             _say(f"  {i}. {msg['Subject']}{thread}")
-        _say("\n" + textwrap.indent(status.stdout.strip(), "  "))
+        if len(catcher.messages) > 1:
+            burst = catcher.messages[1].message
+            _say("\nMail 2, the log burst, as text (the HTML part is in the .eml):")
+            _say(textwrap.indent(burst.get_body(("plain",)).get_content().strip(), "  | "))
+        _say("\n`notifier status`:\n" + textwrap.indent(status.stdout.strip(), "  "))
         _say(f"\nThe mails are in {maildir} as .eml files; the daemon's log is {log_path}.")
         _say("Next: copy config.yaml.example to /etc/notifier/config.yaml, run `notifier test-email`.")
     return 0
