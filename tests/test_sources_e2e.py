@@ -101,3 +101,30 @@ def test_journal_rule_through_the_daemon(tmp_path, catcher):
         assert "(5 times)" in m.message["Subject"]
     finally:
         d.stop()
+
+
+def test_log_rule_through_the_daemon_and_a_restart_reads_what_was_missed(tmp_path, catcher):
+    log = tmp_path / "auth.log"
+    log.write_text("Dec  3 14:00:00 nas sshd[1]: Server listening on 0.0.0.0 port 22.\n")
+    rules = [{"name": "ssh-failed-password", "severity": "warning", "key": "{{ ip }}",
+              "match": r"Failed password for (?:invalid user )?(?P<user>\S+) from (?P<ip>\S+)"}]
+    config, d = start(tmp_path, catcher, {"logs": [{"name": "auth", "path": str(log), "rules": rules}]})
+    line = "Dec  3 14:02:{:02d} nas sshd[812]: Failed password for root from 203.0.113.7 port 22 ssh2\n"
+    try:
+        wait_for(lambda: d.status()["sources"][0]["last_check"], 20, "the log source to start")
+        with open(log, "a") as f:
+            f.write(line.format(1))
+        (m,) = catcher.wait_for(1, timeout=20)
+        assert m.message["Subject"] == "[nas01] WARNING: " + " ".join(line.format(1).split())
+    finally:
+        assert d.stop() == 0
+    with open(log, "a") as f:  # written while the daemon is down
+        for i in range(2, 6):
+            f.write(line.format(i))
+    d = DaemonProcess(config, tmp_path / "state", tmp_path / "daemon2.log").wait_ready()
+    try:
+        second = catcher.wait_for(2, timeout=20)[1]
+        assert "(4 times)" in second.message["Subject"]
+    finally:
+        d.stop()
+    assert len(catcher.messages) == 2
