@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from notifier.events import Severity
 from notifier.policy import CLEARED, HAPPENED, NEW, REMINDER, Item, Mail
+
+log = logging.getLogger("notifier")
 
 EXIT_PROBLEMS = 2
 
@@ -39,38 +43,47 @@ def sample_mails(host: str) -> list[Mail]:
 
 def check_everything(conf: dict[str, Any], say: Callable[[str], None]) -> int:
     """Print a short summary; return 0 when ready, 2 with every problem listed otherwise."""
-    from notifier.cli import _permission_warnings
-    from notifier.mail.render import Renderer, TemplateFailed
-    from notifier.secrets import find_password
+    from notifier.mail.render import Renderer
+    from notifier.secrets import file_warnings, find_password
 
     problems: list[str] = []
     filename = conf["_file"]
+    lines = conf.get("_lines", {})
+
+    def at(key: str) -> str:
+        """`config.yaml:7: smtp.password_file`: where a problem found after parsing sits."""
+        return f"{filename}:{lines[key]}: {key}" if lines.get(key) else f"{filename}: {key}"
+
     renderer = Renderer(conf["templates_dir"], conf["host_label"])
-    renderer.strict = True
     for mail in sample_mails(conf["host_label"]):
-        try:
-            renderer.render(mail)
-        except TemplateFailed as exc:
+        for exc in renderer.problems(mail):
             where = f"{conf['templates_dir']}/{exc}"
             if where not in problems:
                 problems.append(where)
     smtp = conf["smtp"]
     secret_line = "no password needed (no smtp.username)"
     if smtp.get("username"):
+        from_file = smtp.get("password_file") and not os.environ.get("CREDENTIALS_DIRECTORY")
         try:
             secret = find_password(conf)
         except Exception as exc:  # a clear message naming the file, never the value
             secret = None
-            problems.append(f"{filename}: smtp: the password cannot be read: {exc}")
+            key = "smtp.password_file" if from_file else "smtp.username"
+            problems.append(f"{at(key)}: the password cannot be read: {exc}")
         else:
             if secret is None:
                 problems.append(
-                    f"{filename}: smtp.username is set but no password was found: run `notifier "
+                    f"{at('smtp.username')}: is set but no password was found: run `notifier "
                     f"set-password -c {filename}`, set smtp.password_file, or give the systemd "
                     f"credential smtp-password")
             else:
                 secret_line = f"password found in {secret.origin}"
-    warnings = _permission_warnings(conf)
+    if smtp.get("password_file"):
+        # Other users able to read the password is a problem, not a remark.
+        problems += [f"{at('smtp.password_file')}: {w}" for w in file_warnings(smtp["password_file"])]
+    warnings = file_warnings(filename)
+    for w in warnings:
+        log.warning("%s", w)
     if problems:
         for p in problems:
             say(p)

@@ -152,6 +152,7 @@ def _conf_for_send(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_send(args: argparse.Namespace) -> int:
     conf = _conf_for_send(args)
     import time
+    import uuid
 
     from notifier.control import request, socket_path
     from notifier.events import Event, Severity
@@ -162,7 +163,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     source = args.source
     event = Event(source=source, check=args.check or source, key=args.key or args.subject,
                   severity=Severity.parse(args.severity), state=args.state, summary=args.subject,
-                  details={"body": body} if body else {}, time=time.time(), host=conf["host_label"])
+                  details={"body": body} if body else {}, time=time.time(), host=conf["host_label"],
+                  id=uuid.uuid4().hex)  # if our answer is lost and we spool it, it counts once
     try:
         answer = request(socket_path(conf["state_dir"]), {"op": "send", "event": event.to_dict()})
     except (OSError, ValueError):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from email.utils import parseaddr
+import ssl
 from pathlib import Path
 from typing import Any
 
 from notifier import schema, sources
 from notifier.schema import REQUIRED, Bool, Duration, Errors, Int, List, Map, Problem, Str
-from notifier.yamlfile import LineDict, YamlError, load_yaml
+from notifier.yamlfile import LineDict, LineList, YamlError, load_yaml
 
 DEFAULT_PATH = "/etc/notifier/config.yaml"
 DEFAULT_PORTS = {"tls": 465, "starttls": 587, "none": 25}
@@ -34,9 +34,17 @@ class ConfigInvalid(Exception):
 
 
 def _address(value: str) -> str:
-    name, addr = parseaddr(value)
-    if "@" not in addr or any(c in value for c in "\r\n"):
-        raise ValueError(f"must be an e-mail address like 'NAS <alerts@example.com>', got {value!r}")
+    # The same strict parse the mail path uses: an address accepted here but refused at
+    # send time would make every alert fail (`a@b (x)`, `a@b, c@d`, a non-ASCII user part).
+    from notifier.mail.message import bare_address
+
+    try:
+        bare_address(value)
+    except ValueError as exc:
+        why = "; a non-ASCII user part needs SMTPUTF8, which notifier does not use" \
+            if "SMTPUTF8" in str(exc) else ""
+        raise ValueError(f"must be an e-mail address like 'NAS <alerts@example.com>', "
+                         f"got {value!r}{why}") from None
     return value
 
 
@@ -46,6 +54,17 @@ def _readable_file(value: str) -> str:
         raise ValueError(f"no such file: {value}")
     if not os.access(path, os.R_OK):
         raise ValueError(f"cannot read {value} (permission denied)")
+    return value
+
+
+def _ca_file(value: str) -> str:
+    _readable_file(value)
+    try:
+        # A bare client context: the system store (~30 ms to load) is not what is checked here.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=value)
+    except (ssl.SSLError, ValueError, OSError):
+        raise ValueError(f"{value} holds no CA certificate in PEM format "
+                         "(-----BEGIN CERTIFICATE-----)") from None
     return value
 
 
@@ -76,7 +95,7 @@ SMTP = Map(
         ),
         "ca_file": Str(
             description="A PEM file with a private CA to trust besides the system store.",
-            check=_readable_file,
+            check=_ca_file,
             example="/etc/ssl/private-ca.pem",
         ),
         "from": Str(description="The sender.", default=REQUIRED, check=_address,
@@ -200,11 +219,28 @@ def parse_config(text: str, filename: str = "config.yaml", *, check_templates: b
         from notifier.mail.render import template_problems
 
         for problem in template_problems(conf["templates_dir"]):
-            errors.add(None, "templates_dir", problem)
+            errors.add(raw.lines.get("templates_dir"), "templates_dir", problem)
     if errors:
         raise ConfigInvalid(filename, errors.problems)
     conf["_file"] = filename
+    conf["_lines"] = key_lines(raw)
     return conf
+
+
+def key_lines(node: Any, path: str = "", out: dict[str, int] | None = None) -> dict[str, int]:
+    """`{"smtp.password_file": 7, …}`: the line of every key, for checks made after parsing."""
+    out = {} if out is None else out
+    if isinstance(node, LineDict):
+        for key, value in node.items():
+            sub = schema.join(path, str(key))
+            out[sub] = node.lines.get(key, 0)
+            key_lines(value, sub, out)
+    elif isinstance(node, LineList):
+        for i, value in enumerate(node):
+            sub = schema.join(path, i)
+            out[sub] = node.lines[i] if i < len(node.lines) else 0
+            key_lines(value, sub, out)
+    return out
 
 
 def load_config(path: str | os.PathLike[str], **kwargs: Any) -> dict[str, Any]:

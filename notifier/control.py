@@ -13,6 +13,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
-        sock.listen(16)
+        sock.listen(128)  # a burst of cron jobs sending at once must not find it full
         self._sock = sock
         self._thread = threading.Thread(target=self._loop, name="control", daemon=True)
         self._thread.start()
@@ -150,7 +151,15 @@ def request(path: Path, payload: dict[str, Any], timeout: float = 10) -> dict[st
     """Send one request to a running daemon; OSError when none listens."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
-        sock.connect(str(path))
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                sock.connect(str(path))
+                break
+            except BlockingIOError:  # the backlog is full for a moment: the daemon is accepting
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         sock.sendall(json.dumps(payload, ensure_ascii=False).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):

@@ -5,6 +5,7 @@ the sender empties it. The main thread only waits for signals.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import signal
 import threading
@@ -12,12 +13,11 @@ import time
 from typing import Any
 
 from notifier import sources as source_registry
-from notifier.events import Event, Severity
-from notifier.mail.render import Renderer
+from notifier.events import PROBLEM, RESOLVED, Event, Severity
 from notifier.policy import AnchoredClock, Mail, Policy, PolicySettings
 from notifier.sender import Sender
 from notifier.sources.base import PeriodicSource, Scheduler, Source
-from notifier.spool import Spool, SpoolError
+from notifier.spool import OutboxRow, Spool, SpoolError
 
 log = logging.getLogger("notifier")
 
@@ -36,7 +36,7 @@ class SourceContextImpl:
         return self._daemon.host
 
     def post(self, events: list[Event], positions: dict[str, Any] | None = None) -> None:
-        self._daemon.submit(("events", events, positions, None))
+        self._daemon.submit(("events", events, positions, None, True))
 
     def position(self, key: str) -> Any | None:
         return self._daemon.positions.get(key)
@@ -64,7 +64,7 @@ class Daemon:
                              lambda: make_message_id(self.host))
         self.policy.restore(self.spool.load_alerts(), self.spool.load_pending(),
                             self.spool.get_meta("policy", {}) or {}, now)
-        self.renderer = Renderer(conf["templates_dir"], self.host)
+        self._renderer: Any = None  # made for the first mail: Jinja (~5 MB) is not loaded before
         self.inq: queue.Queue[tuple] = queue.Queue(maxsize=2000)
         self.sender = Sender(self.state_dir, SmtpSettings.from_config(conf["smtp"]), self._password,
                              self.clock, conf["policy"]["retry_max"])
@@ -75,7 +75,7 @@ class Daemon:
         self.started = time.time()
         self._core_thread: threading.Thread | None = None
         self._core_beat = time.monotonic()
-        self._memory_outbox: list[Mail] = []
+        self._taken_ids: list[str] = []  # ids of `send` events taken, saved with the policy
         self._last_status = ""
         self._inbox_checked = 0.0
         self._health_saved: dict[str, tuple] = {}
@@ -83,6 +83,15 @@ class Daemon:
         from notifier.sdnotify import SystemdNotifier
 
         self.notify = SystemdNotifier()
+
+    @property
+    def renderer(self) -> Any:
+        """The mail renderer, made on first use: a daemon with nothing to mail never loads Jinja."""
+        if self._renderer is None:
+            from notifier.mail.render import Renderer
+
+            self._renderer = Renderer(self.conf["templates_dir"], self.host)
+        return self._renderer
 
     # -- secrets ---------------------------------------------------------------
     def _password(self) -> str | None:
@@ -103,7 +112,7 @@ class Daemon:
     def post_and_wait(self, events: list[Event], timeout: float = 10.0) -> bool:
         """Post events and wait until they are committed to the spool (for `send`)."""
         done = threading.Event()
-        self.submit(("events", events, None, done))
+        self.submit(("events", events, None, done, False))
         return done.wait(timeout)
 
     # -- sources -------------------------------------------------------------------------
@@ -180,10 +189,13 @@ class Daemon:
             for item in batch:
                 kind = item[0]
                 if kind == "events":
-                    _, events, pos, done = item
+                    _, events, pos, done, by_source = item
                     for event in events:
                         try:
-                            self.policy.observe(event, self.clock())
+                            event.clean()  # a source may hand over undecodable bytes as text
+                            self.policy.observe(event, self.clock(), by_source=by_source)
+                            if event.id:
+                                self._taken_ids.append(event.id)
                         except Exception:
                             log.exception("could not take event %.200r", event)
                     if pos:
@@ -222,13 +234,15 @@ class Daemon:
         known = set(source_registry.names())
         now = self.clock()
         for alert in self.policy.open_alerts():
+            if not alert.by_source:
+                continue  # opened by `notifier send`: only its sender can clear it
             if alert.source == "notifier" and alert.check == "source-failing":
                 stale = alert.key not in self.sources
             elif alert.source in known:
                 stale = alert.source not in configured or (
                     alert.source in periodic_keys and alert.identity not in reported)
             else:
-                stale = False  # opened by `notifier send`: only its sender can clear it
+                stale = False
             if stale:
                 log.info("resolving %s/%s/%s: no longer checked", *alert.identity)
                 self.policy.observe(Event(alert.source, alert.check, alert.key, Severity.INFO, "resolved",
@@ -243,15 +257,26 @@ class Daemon:
                 return
             with self.spool.transaction() as db:
                 raw = self.spool.take_inbox(db)
+                # Taken before a restart, or in memory before a failed write of this very inbox.
+                taken = self.spool.was_taken([d["id"] for d in raw if isinstance(d.get("id"), str)])
+                taken.update(self._taken_ids)
                 for d in raw:
                     try:
                         event = Event.from_dict(d)
                     except (KeyError, ValueError, TypeError) as exc:
                         log.error("dropping an unusable spooled event (%s): %.200r", exc, d)
                         continue
+                    if event.id in taken:  # `send` lost our answer to a crash and spooled it too
+                        log.info("event %s was already taken before a restart; not counting it twice",
+                                 event.id)
+                        continue
+                    if event.id:
+                        taken.add(event.id)
+                        self._taken_ids.append(event.id)
                     event.host = event.host or self.host
                     self.policy.observe(event, self.clock())
                 self._write_policy(db, {})
+            self._taken_ids = []
             if raw:
                 log.info("took %d event(s) spooled by `notifier send` while the daemon was not running", len(raw))
         except SpoolError as exc:
@@ -269,51 +294,74 @@ class Daemon:
             text = f"The mail template failed ({exc}); the raw items follow.\n\n" + "\n".join(
                 f"{str(Severity(i.severity)).upper()} {i.summary} ({i.count}x)" for i in mail.items)
             html = None
-        return build_message(mail_from=smtp["from"], to=smtp["to"], subject=subject, text=text, html=html,
-                             message_id=mail.message_id, in_reply_to=mail.in_reply_to,
-                             references=mail.references, date=time.time())
+        headers = {"mail_from": smtp["from"], "to": smtp["to"], "message_id": mail.message_id,
+                   "in_reply_to": mail.in_reply_to, "references": mail.references, "date": time.time()}
+        try:
+            return build_message(subject=subject, text=text, html=html, **headers)
+        except Exception:  # text the mail encoder refuses: a mail in plain ASCII still goes out
+            log.exception("building the mail failed; sending it as plain ASCII text")
+            ascii_only = [t.encode("ascii", "backslashreplace").decode("ascii").replace("=?", "= ?")
+                          for t in (subject, text)]
+            return build_message(subject=ascii_only[0], text=ascii_only[1], html=None, **headers)
 
     def _write_policy(self, db: Any, positions: dict[str, Any]) -> None:
         self.spool.save_policy(db, self.policy)
+        if self._taken_ids:
+            self.spool.remember_taken(db, self._taken_ids, time.time())
         if positions:
             self.spool.save_positions(db, positions)
 
     def _flush(self, positions: dict[str, Any]) -> None:
         now = self.clock()
-        mails = self._memory_outbox + self.policy.tick(now)
+        mails = self.policy.tick(now)
         gone = self.policy.forget_old(now) if not mails else []
+        smtp = self.conf["smtp"]
+        rows = [{"created": mail.created, "message_id": mail.message_id, "mail_from": smtp["from"],
+                 "rcpts": list(smtp["to"]), "data": self._render(mail), "summary": _summary(mail),
+                 "events": mail.total_events} for mail in mails]
         try:
             with self.spool.transaction() as db:
-                for mail in mails:
-                    self.spool.add_outbox(db, created=mail.created, message_id=mail.message_id,
-                                          mail_from=self.conf["smtp"]["from"], rcpts=list(self.conf["smtp"]["to"]),
-                                          data=self._render(mail), summary=_summary(mail),
-                                          events=mail.total_events)
+                for row in rows:
+                    self.spool.add_outbox(db, **row)
                 self._write_policy(db, positions)
                 if gone:
                     self.spool.forget_alerts(db, gone)
                 self._save_health(db)
         except SpoolError as exc:
-            # Keep everything in memory (dirty sets stay set) and try again on the next round.
-            self._memory_outbox = mails
+            # The policy's changes stay marked and are written once the spool takes them again;
+            # the mails go out from memory now rather than wait for the disk.
             self._spool_failed(exc)
+            if rows:
+                self.sender.send_from_memory([OutboxRow(id=0, attempts=0, next_attempt=0.0, last_error=None,
+                                                        status="ready", **row) for row in rows])
             return
         self.positions.update(positions)
         self.policy.dirty_alerts.clear()
         self.policy.dirty_pending.clear()
         self.policy.removed_pending.clear()
-        self._memory_outbox = []
+        self._taken_ids = []
         if self.spool_error:
             log.warning("the spool is writable again; %s", self.spool.path)
             self.spool_error = None
+            self._spool_alert(RESOLVED, f"the spool in {self.state_dir} is writable again")
         if mails:
             self.sender.wake()
 
     def _spool_failed(self, exc: Exception) -> None:
         if str(exc) != self.spool_error:
-            log.error("SPOOL UNWRITABLE: %s. Alerts are kept in memory and retried; free space or "
-                      "fix permissions on %s.", exc, self.state_dir)
+            log.error("SPOOL UNWRITABLE: %s. Mail is sent from memory meanwhile and is lost if "
+                      "notifier stops; free space or fix permissions on %s.", exc, self.state_dir)
+        if self.spool_error is None:
+            self._spool_alert(PROBLEM, f"cannot write the spool in {self.state_dir} ({exc}); "
+                                       "mail is sent from memory until it is fixed")
         self.spool_error = str(exc)
+
+    def _spool_alert(self, state: str, summary: str) -> None:
+        """An alert about the spool itself, so the admin hears of a full disk by mail too."""
+        now = self.clock()
+        severity = Severity.CRITICAL if state == PROBLEM else Severity.INFO
+        self.policy.observe(Event("notifier", "spool", self.state_dir, severity, state, summary,
+                                  {"state_dir": self.state_dir}, now, self.host), now)
 
     def _save_health(self, db: Any) -> None:
         health = {n: (s.last_check, s.last_error) for n, s in self.sources.items()}
@@ -367,7 +415,7 @@ class Daemon:
         self.conf = conf
         self.host = conf["host_label"]
         self.policy.reconfigure(PolicySettings.from_config(conf["policy"]), self.clock())
-        self.renderer = Renderer(conf["templates_dir"], self.host)
+        self._renderer = None  # the next mail is rendered with the new templates_dir and host
         self._apply_sources(conf)
         try:
             self.spool.retry_now()  # the admin has usually just fixed something
@@ -406,7 +454,7 @@ class Daemon:
             "since": self.started,
             "spool_error": self.spool_error,
             "sender_error": self.sender.last_error,
-            "template_errors": self.renderer.errors,
+            "template_errors": self._renderer.errors if self._renderer is not None else [],
             "sources": [{"name": n, "last_check": s.last_check, "last_error": s.last_error}
                         for n, s in sorted(self.sources.items())],
         }
@@ -424,6 +472,7 @@ class Daemon:
 
         signals = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
         signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # threads started below inherit the mask
+        _one_malloc_arena()
         self.control = ControlServer(self.state_dir, self.handle_request)
         self.control.start()
         self._core_thread = threading.Thread(target=self._core, name="core", daemon=True)
@@ -467,6 +516,21 @@ def _summary(mail: Mail) -> str:
         item = mail.items[0]
         return f"{item.kind} {item.source}/{item.check}/{item.key}: {item.summary}"[:200]
     return f"{mail.kind}: {len(mail.items)} alerts, {mail.total_events} events"
+
+
+def _one_malloc_arena() -> None:
+    """Before any thread starts: one glibc malloc arena for all threads. By default each thread
+    that allocates gets an arena of its own, and a dozen mostly idle threads keep 1-3 MB
+    resident for nothing (bench/idle.py, bench/storm.py). No-op without glibc or when
+    MALLOC_ARENA_MAX is set."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
 
 
 def _version() -> str:

@@ -79,6 +79,7 @@ class Alert:
     last_notified: float | None = None
     thread_id: str | None = None  # Message-ID of the first mail of this alert's thread
     events_total: int = 0  # one-shot events seen under this identity, ever
+    by_source: bool = False  # opened by a configured source (not `notifier send`)
 
     @property
     def identity(self) -> Identity:
@@ -174,7 +175,8 @@ class TokenBucket:
 
     def restore(self, state: dict[str, float]) -> None:
         self.tokens = min(self.capacity, float(state.get("tokens", self.capacity)))
-        self.stamp = float(state.get("stamp", self.stamp))
+        # A stamp from the future (the clock went back while stopped) would freeze the refill.
+        self.stamp = min(float(state.get("stamp", self.stamp)), self.stamp)
 
 
 class Policy:
@@ -201,6 +203,10 @@ class Policy:
     # -- restoring from the spool ------------------------------------------
     def restore(self, alerts: list[Alert], pending: list[Item], meta: dict[str, Any], now: float) -> None:
         for a in alerts:
+            if a.last_notified is not None and a.last_notified > now:
+                # The wall clock was stepped back while we were stopped: waiting until this
+                # moment comes again would silence reminders for that long.
+                a.last_notified = now
             self.alerts[a.identity] = a
             if a.open:
                 self._open.add(a.identity)
@@ -223,12 +229,12 @@ class Policy:
         return {"bucket": self.bucket.state(), "held_since": self.held_since}
 
     # -- events in -----------------------------------------------------------
-    def observe(self, event: Event, now: float) -> None:
+    def observe(self, event: Event, now: float, *, by_source: bool = False) -> None:
         when = event.time or now
         if event.state == EVENT:
             self._one_shot(event, when, now)
         elif event.state == PROBLEM:
-            self._problem(event, when, now)
+            self._problem(event, when, now, by_source)
         elif event.state == RESOLVED:
             self._resolved(event, when, now)
         else:
@@ -278,7 +284,7 @@ class Policy:
             alert.severity = int(event.severity)
             alert.summary = event.summary
 
-    def _problem(self, event: Event, when: float, now: float) -> None:
+    def _problem(self, event: Event, when: float, now: float, by_source: bool = False) -> None:
         ident = event.identity
         alert = self.alerts.get(ident)
         if alert is not None and alert.open and alert.severity == event.severity:
@@ -297,6 +303,7 @@ class Policy:
         if not alert.open:
             alert.since = when
             alert.open = True
+            alert.by_source = by_source
             self._open.add(ident)
         alert.severity = int(event.severity)
         alert.summary = event.summary

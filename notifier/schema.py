@@ -210,8 +210,8 @@ class Map(Field):
         for key, spec in self.fields.items():
             if key in out or key in value:
                 continue
-            if spec.required:
-                errors.add(here, join(path, key), "is required")
+            if spec.required:  # point at the section's own key (`smtp:`), not its first child
+                errors.add(line or here, join(path, key), "is required")
                 ok = False
             else:
                 out[key] = spec.make_default()

@@ -8,6 +8,7 @@ in a loop.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import threading
@@ -46,10 +47,25 @@ class Sender:
         self.last_progress = time.monotonic()
         self.last_error: str | None = None
         self.delivered_total = 0
+        # While the spool cannot be written (disk full, read-only) the sender works from memory:
+        # mails the daemon could not store, deliveries and retry times it could not record.
+        self._lock = threading.Lock()
+        self._memory: list[OutboxRow] = []  # ids < 0; lost if the daemon dies before sending
+        self._memory_ids = itertools.count(-1, -1)
+        self._unrecorded: dict[int, tuple[OutboxRow, float, str, dict[str, str]]] = {}
+        self._not_before: dict[int, float] = {}
 
     def reconfigure(self, settings: SmtpSettings, retry_max: float) -> None:
         self.settings = settings
         self.retry_max = retry_max
+        self.wake()
+
+    def send_from_memory(self, rows: list[OutboxRow]) -> None:
+        """Deliver mails the spool could not take; they get ids of their own (below zero)."""
+        with self._lock:
+            for row in rows:
+                row.id = next(self._memory_ids)
+                self._memory.append(row)
         self.wake()
 
     def start(self) -> None:
@@ -65,6 +81,9 @@ class Sender:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout=grace)
+        if self._memory:
+            log.error("%d mail(s) held in memory (the spool was unwritable) were not sent: %s",
+                      len(self._memory), "; ".join(r.summary for r in self._memory))
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -81,11 +100,7 @@ class Sender:
         try:
             while True:
                 self.last_progress = time.monotonic()
-                rows = []
-                try:
-                    rows = spool.ready(self.clock())
-                except Exception as exc:
-                    log.error("cannot read the outbox: %s", exc)
+                rows, nxt = self._due(spool)
                 if rows:
                     self._session(spool, rows)
                     if self._stop.is_set():
@@ -93,16 +108,46 @@ class Sender:
                     continue
                 if self._stop.is_set():
                     return
-                nxt = None
-                try:
-                    nxt = spool.next_attempt()
-                except Exception:  # the next loop reports it
-                    pass
                 timeout = None if nxt is None else max(0.05, nxt - self.clock())
                 self._wake.wait(timeout=timeout)
                 self._wake.clear()
         finally:
             spool.close()
+
+    def _due(self, spool: Spool) -> tuple[list[OutboxRow], float | None]:
+        """Every waiting mail (stored ones oldest first, then those in memory) once any is due;
+        otherwise nothing, and when the next one will be."""
+        self._record_deliveries(spool)
+        try:
+            stored = spool.waiting_times()
+        except Exception as exc:
+            log.error("cannot read the outbox: %s", exc)
+            return [], self.clock() + 5.0  # look again soon
+        with self._lock:
+            memory = list(self._memory)
+            times = [max(t, self._not_before.get(i, 0.0)) for i, t in stored if i not in self._unrecorded]
+        times += [row.next_attempt for row in memory]
+        if not times:
+            return [], None
+        if min(times) > self.clock():
+            return [], min(times)
+        rows = []
+        try:
+            rows = [r for r in spool.ready(float("inf")) if r.id not in self._unrecorded]
+        except Exception as exc:
+            log.error("cannot read the outbox: %s", exc)
+        return rows + memory, None
+
+    def _record_deliveries(self, spool: Spool) -> None:
+        """Tell the spool about deliveries it could not take when they happened."""
+        for row_id, (row, when, reply, refused) in list(self._unrecorded.items()):
+            try:
+                spool.mark_delivered(row, when, reply, refused)
+            except SpoolError:
+                return  # still unwritable; the rows stay out of every session meanwhile
+            del self._unrecorded[row_id]
+            self._not_before.pop(row_id, None)
+            log.info("recorded the delivery of mail %d now that the spool is writable again", row_id)
 
     def _session(self, spool: Spool, rows: list[OutboxRow]) -> None:
         done: set[int] = set()
@@ -113,7 +158,11 @@ class Sender:
             now = self.clock()
             done.add(row.id)
             self.last_progress = time.monotonic()
+            if row.id < 0:
+                self._memory_outcome(row, outcome, now)
+                return
             try:
+                self._not_before.pop(row.id, None)
                 if outcome.delivered:
                     spool.mark_delivered(row, now, outcome.reply, outcome.refused)
                     self.delivered_total += 1
@@ -135,7 +184,9 @@ class Sender:
                     self.last_error = error
                     log.error("mail %d %r refused permanently, not retried: %s", row.id, row.summary, error)
             except SpoolError as exc:
-                log.error("mail %d was delivered but the spool cannot record it: %s", row.id, exc)
+                if outcome.delivered:  # remember it, or it would be sent again
+                    self._unrecorded[row.id] = (row, now, outcome.reply, outcome.refused)
+                log.error("mail %d: the spool cannot record the outcome (kept in memory): %s", row.id, exc)
 
         envelopes = [Envelope(mail_from=parseaddr(r.mail_from)[1] or r.mail_from, rcpt_to=r.rcpts,
                               data=r.data, ref=r.id) for r in rows]
@@ -151,6 +202,22 @@ class Sender:
         finally:
             self.busy_since = None
 
+    def _memory_outcome(self, row: OutboxRow, outcome: Outcome, now: float) -> None:
+        """The outcome of a mail held in memory: it leaves memory unless some recipient must
+        still get it."""
+        with self._lock:
+            self._memory.remove(row)
+            if outcome.delivered and outcome.deferred:
+                row.rcpts, row.next_attempt = list(outcome.deferred), now + backoff(row.attempts, self.retry_max)
+                self._memory.append(row)
+        if outcome.delivered:
+            self.delivered_total += 1
+            log.info("delivered mail %r (held in memory: the spool is unwritable): %s",
+                     row.summary, outcome.reply)
+        else:
+            self.last_error = outcome.permanent_error or outcome.reply
+            log.error("mail %r refused permanently, not retried: %s", row.summary, self.last_error)
+
     def _defer(self, spool: Spool, rows: list[OutboxRow], reason: str, transient: bool) -> None:
         if not rows:
             return
@@ -161,7 +228,20 @@ class Sender:
         self.last_error = reason
         log.warning("delivery failed (%s), %d mail(s) kept in the outbox; next try in %.0fs: %s",
                     "transient" if transient else "needs attention", len(rows), delay, reason)
+        when = self.clock() + delay
+        with self._lock:
+            for row in rows:
+                if row.id < 0:
+                    row.attempts, row.next_attempt = row.attempts + 1, when
+        stored = [r.id for r in rows if r.id >= 0]
+        if not stored:
+            return
         try:
-            spool.defer([r.id for r in rows], self.clock() + delay, reason, self.clock())
-        except SpoolError as exc:
+            spool.defer(stored, when, reason, self.clock())
+            with self._lock:
+                for i in stored:
+                    self._not_before.pop(i, None)
+        except SpoolError as exc:  # keep the backoff in memory, or we would retry in a tight loop
             log.error("cannot record the failed attempt: %s", exc)
+            with self._lock:
+                self._not_before.update({i: when for i in stored})

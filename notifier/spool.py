@@ -51,9 +51,11 @@ CREATE TABLE IF NOT EXISTS delivered (
 CREATE TABLE IF NOT EXISTS positions (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS inbox (id INTEGER PRIMARY KEY AUTOINCREMENT, event TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sources (name TEXT PRIMARY KEY, last_check REAL, last_error TEXT);
+CREATE TABLE IF NOT EXISTS taken (id TEXT PRIMARY KEY, time REAL NOT NULL);
 """
 
 KEEP_DELIVERED = 200  # how many delivered mails `status` can show
+KEEP_TAKEN = 7 * 86400  # how long the ids of events taken from `send` are remembered
 
 
 class _Damaged(Exception):
@@ -154,7 +156,9 @@ class Spool:
             yield self.db
             self.db.execute("COMMIT")
         except sqlite3.OperationalError as exc:
-            self.db.execute("ROLLBACK")
+            # A failed COMMIT (disk full) has already rolled back; a second ROLLBACK would raise.
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise SpoolError(f"cannot write {self.path}: {exc}") from None
         except BaseException:
             if self.db.in_transaction:
@@ -222,6 +226,20 @@ class Spool:
                 log.error("dropping an unreadable inbox row: %.200r", text)
         return out
 
+    def remember_taken(self, db: sqlite3.Connection, ids: Iterable[str], now: float) -> None:
+        """Note event ids as taken, so a `send` that lost the daemon's answer and spooled
+        the event again is not counted twice."""
+        db.executemany("INSERT OR IGNORE INTO taken (id, time) VALUES (?, ?)", [(i, now) for i in ids])
+        db.execute("DELETE FROM taken WHERE time < ?", (now - KEEP_TAKEN,))
+
+    def was_taken(self, ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self.db.execute(f"SELECT id FROM taken WHERE id IN ({marks})", chunk))
+        return found
+
     def has_inbox(self) -> bool:
         return self.db.execute("SELECT 1 FROM inbox LIMIT 1").fetchone() is not None
 
@@ -236,11 +254,19 @@ class Spool:
         return int(cur.lastrowid)
 
     def ready(self, now: float, limit: int = 1000) -> list[OutboxRow]:
-        rows = self.db.execute(
-            "SELECT * FROM outbox WHERE status = 'ready' AND next_attempt <= ? ORDER BY id LIMIT ?",
-            (now, limit),
-        ).fetchall()
+        """Once any waiting mail is due, every waiting mail, oldest first: the session goes
+        ahead anyway, and a new mail must not overtake one that waited out a failure."""
+        if self.db.execute("SELECT 1 FROM outbox WHERE status = 'ready' AND next_attempt <= ? LIMIT 1",
+                           (now,)).fetchone() is None:
+            return []
+        rows = self.db.execute("SELECT * FROM outbox WHERE status = 'ready' ORDER BY id LIMIT ?",
+                               (limit,)).fetchall()
         return [self._row(r) for r in rows]
+
+    def waiting_times(self) -> list[tuple[int, float]]:
+        """(id, next attempt) of every mail waiting to be sent, without their contents."""
+        return [(r[0], r[1]) for r in
+                self.db.execute("SELECT id, next_attempt FROM outbox WHERE status = 'ready' ORDER BY id")]
 
     def next_attempt(self) -> float | None:
         row = self.db.execute("SELECT MIN(next_attempt) FROM outbox WHERE status = 'ready'").fetchone()

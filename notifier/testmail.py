@@ -8,7 +8,7 @@ import time
 from email.utils import parseaddr
 from typing import Any
 
-from notifier.mail.message import build_message, make_message_id
+from notifier.mail.message import bare_address, build_message, make_message_id
 from notifier.mail.smtp import Envelope, Outcome, SmtpSettings, deliver, explain
 
 
@@ -19,6 +19,12 @@ def send_test_mail(conf: dict[str, Any], to: list[str] | None, *, verbose: bool 
     smtp = conf["smtp"]
     settings = SmtpSettings.from_config(smtp)
     rcpts = to or smtp["to"]
+    for rcpt in rcpts:  # refuse a bad --to before connecting, in words, not as a server refusal
+        try:
+            bare_address(rcpt)
+        except ValueError as exc:
+            print(f"notifier test-email: --to {rcpt!r}: {exc}", file=sys.stderr)
+            return 2
     host = conf["host_label"]
     password = None
     if smtp.get("username"):

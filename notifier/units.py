@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+def _scalar(value: object, what: str) -> None:
+    """Refuse lists, mappings and the like before `str()`: a YAML alias bomb turned into
+    text would take exponential time and memory."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        if isinstance(value, list):
+            shown = "a list"
+        elif isinstance(value, dict):
+            shown = "a mapping"
+        else:
+            shown = repr(value)[:80]
+        raise ValueError(f"must be {what}, got {shown}")
+
+
 def parse_duration(value: object) -> float:
     """Seconds from `30s`, `5m`, `4h`, `1d`, `250ms`, or a bare number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"must be a duration like 30s, 5m, 4h, got {value!r}")
+    _scalar(value, "a duration like 30s, 5m, 4h")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite duration like 30s, 5m, 4h, got {value!r}")
         if value < 0:
             raise ValueError(f"must not be negative, got {value!r}")
         return float(value)
@@ -37,8 +52,7 @@ def format_duration(seconds: float) -> str:
 
 def parse_percent(value: object) -> float:
     """A percentage from `80%` or `80`; 0..100."""
-    if isinstance(value, bool):
-        raise ValueError(f"must be a percentage like 80%, got {value!r}")
+    _scalar(value, "a percentage like 80%")
     text = str(value).strip().rstrip("%").strip()
     try:
         pct = float(text)
@@ -54,8 +68,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?)B?\s*$", re.IGNORECASE)
 
 def parse_size(value: object) -> int:
     """Bytes from `10GiB`, `500MB`, `1T`, or a bare number of bytes."""
-    if isinstance(value, bool):
-        raise ValueError(f"must be a size like 10GiB, got {value!r}")
+    _scalar(value, "a size like 10GiB")
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"must not be negative, got {value!r}")

@@ -77,10 +77,21 @@ def load_yaml(text: str) -> Any:
         raise
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        if exc.context_mark and mark and mark.index >= len(text.rstrip()):
+            # "found unexpected end of stream": the line to fix is where the quote or
+            # bracket was opened, not the end of the file.
+            mark = exc.context_mark
         line = mark.line + 1 if mark else None
         what = exc.problem or str(exc)
         if exc.context:
-            what = f"{exc.context}: {what}"
+            opened = exc.context_mark.line + 1 if exc.context_mark else None
+            where = f" (from line {opened})" if opened and opened != line else ""
+            what = f"{exc.context}{where}: {what}"
         raise YamlError(line, f"invalid YAML: {what}") from None
+    except yaml.reader.ReaderError as exc:  # a NUL or other control character: no mark, a position
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[0])
+        message = f"invalid YAML: control character U+{char:04X} is not allowed in YAML text"
+        raise YamlError(line, message) from None
     except yaml.YAMLError as exc:
         raise YamlError(None, f"invalid YAML: {exc}") from None

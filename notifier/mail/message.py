@@ -48,7 +48,10 @@ def clean_header_value(value: object) -> str:
             out.append(" ")
         else:
             out.append(ch)
-    return _SPACES.sub(" ", "".join(out)).strip()
+    # "=?" starts an RFC 2047 encoded word; Python < 3.12.5 decodes such words when folding and
+    # lets an encoded CR LF become a real header (CVE-2024-6923). Event text is plain text, so
+    # a zero-width space keeps it from ever being read as an encoded word.
+    return _SPACES.sub(" ", "".join(out)).strip().replace("=?", "=\u200b?")
 
 
 def _split_address(text: str) -> tuple[str, str]:

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import json
 import logging
 import os
+import resource
+import select
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,11 @@ MAX_ITERATIONS = 200_000  # `range` steps a template may take, all loops togethe
 MAX_SEQUENCE = 100_000  # length of a string or list made with * or **
 MAX_ITEMS_LISTED = 200  # items a mail lists one by one; the rest are summed up
 
+# A user template renders in a child process with these limits, so no expression (a format
+# width, a doubling concatenation, a huge power) can take the daemon's memory or time.
+RENDER_MEMORY = 256 * 1024 * 1024  # bytes of address space a render may add
+RENDER_CPU_SECONDS = 5
+
 _budget: contextvars.ContextVar[list[int]] = contextvars.ContextVar("budget")
 
 
@@ -52,7 +62,7 @@ class TemplateFailed(Exception):
         line = getattr(exc, "lineno", None) or _template_line(exc, name)
         self.name, self.line = name, line
         where = f"{name}:{line}" if line else name
-        super().__init__(f"{where}: {type(exc).__name__}: {exc}")
+        super().__init__(f"{where}: {getattr(exc, 'kind', type(exc).__name__)}: {exc}")
 
 
 def _template_line(exc: BaseException, name: str) -> int | None:
@@ -68,6 +78,68 @@ def _template_line(exc: BaseException, name: str) -> int | None:
 
 class TemplateBudgetExceeded(SecurityError):
     """A template tried to do more work than a mail needs."""
+
+
+class _ChildFailure(Exception):
+    """How a user template failed in the rendering child: its kind, words and line."""
+
+    def __init__(self, kind: str, message: str, lineno: int | None) -> None:
+        super().__init__(message)
+        self.kind, self.lineno = kind, lineno
+
+
+def _limit_this_process() -> None:
+    """In the rendering child: at most RENDER_MEMORY more address space, RENDER_CPU_SECONDS."""
+    with open("/proc/self/statm") as f:
+        size = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    resource.setrlimit(resource.RLIMIT_AS, (size + RENDER_MEMORY, size + RENDER_MEMORY))
+    resource.setrlimit(resource.RLIMIT_CPU, (RENDER_CPU_SECONDS, RENDER_CPU_SECONDS + 1))
+
+
+def _run_isolated(env: LimitedSandbox, name: str, ctx: dict[str, Any]) -> str:
+    """`Renderer._run` in a forked child under resource limits; _ChildFailure if it fails."""
+    env.get_template(name)  # compile here: a syntax error is reported as usual, and cached
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: render, answer through the pipe, exit without any cleanup
+        try:
+            os.close(read_fd)
+            _limit_this_process()
+            try:
+                answer = {"text": Renderer._run(env, name, ctx)}
+            except BaseException as exc:
+                line = getattr(exc, "lineno", None) or _template_line(exc, name)
+                answer = {"kind": type(exc).__name__, "error": str(exc)[:2000], "line": line}
+            with os.fdopen(write_fd, "wb") as pipe:
+                pipe.write(json.dumps(answer).encode("utf-8", "surrogatepass"))
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    data = bytearray()
+    deadline = time.monotonic() + 2 * RENDER_CPU_SECONDS + 5  # CPU limit, plus time to be scheduled
+    with os.fdopen(read_fd, "rb") as pipe:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([pipe], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(pipe.fileno(), 1 << 20) if ready else b""
+            if not chunk:
+                break
+            data += chunk
+    if time.monotonic() >= deadline:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    try:
+        answer = json.loads(data.decode("utf-8", "surrogatepass"))
+    except ValueError:
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL):
+            raise _ChildFailure("TemplateBudgetExceeded", f"template took more than "
+                                f"{RENDER_CPU_SECONDS}s of CPU time", None) from None
+        raise _ChildFailure("TemplateBudgetExceeded", f"template needed more than "
+                            f"{RENDER_MEMORY >> 20} MiB of memory or crashed", None) from None
+    if "text" in answer:
+        return answer["text"]
+    if answer["kind"] == "MemoryError":
+        answer["error"] = f"template needed more than {RENDER_MEMORY >> 20} MiB of memory"
+    raise _ChildFailure(answer["kind"], answer["error"], answer["line"])
 
 
 def _limited_range(*args: int) -> Iterator[int]:
@@ -119,6 +191,7 @@ def make_env(loader: jinja2.BaseLoader, *, html: bool) -> LimitedSandbox:
         keep_trailing_newline=True,
     )
     env.globals["range"] = _limited_range
+    env.globals.pop("lipsum", None)  # lorem ipsum has no place in a mail; n=10**6 takes minutes
     env.filters.update(
         duration=units.format_duration,
         size=units.format_size,
@@ -204,12 +277,12 @@ class Renderer:
         html = name.endswith(".html.j2")
         if name in self._user_names:
             try:
-                return self._run(self._user[html], name, ctx)
+                return _run_isolated(self._user[html], name, ctx)
             except Exception as exc:  # any failure of a user template: fall back, say why
+                failed = TemplateFailed(name, exc)
                 if self.strict:
-                    raise TemplateFailed(name, exc) from exc
-                where = f"{name}:{getattr(exc, 'lineno', '') or ''}".rstrip(":")
-                message = f"template {where} failed ({type(exc).__name__}: {exc}); used the built-in one"
+                    raise failed from exc
+                message = f"template {failed}; used the built-in one"
                 log.error("%s", message)
                 self.errors = (self.errors + [message])[-10:]
         return self._run(self._builtin[html], name, ctx)
@@ -234,3 +307,16 @@ class Renderer:
         kind = "digest" if mail.kind == "digest" else "alert"
         subject = " ".join(self._one("subject.txt.j2", ctx).split())
         return subject, self._one(f"{kind}.txt.j2", ctx), self._one(f"{kind}.html.j2", ctx)
+
+    def problems(self, mail: Mail) -> list[TemplateFailed]:
+        """Every user template that fails for `mail`, each on its own (for `notifier check`)."""
+        ctx = mail_context(mail, self.host)
+        kind = "digest" if mail.kind == "digest" else "alert"
+        failed = []
+        for name in ("subject.txt.j2", f"{kind}.txt.j2", f"{kind}.html.j2"):
+            if name in self._user_names:
+                try:
+                    _run_isolated(self._user[name.endswith(".html.j2")], name, ctx)
+                except Exception as exc:
+                    failed.append(TemplateFailed(name, exc))
+        return failed

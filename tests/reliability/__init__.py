@@ -1,0 +1,1 @@
+"""The reliability and security suite: faults and hostile input against the real daemon."""
