@@ -68,10 +68,10 @@ def _wait(catcher: object, n: int, timeout: float, what: str) -> None:
 
 
 def run_demo(directory: str | None = None, *, verbose: bool = False) -> int:
+    import logging
+
     from notifier.catcher import Catcher
     from notifier.control import request, socket_path
-
-    import logging
 
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's chatter
     base = Path(directory or tempfile.mkdtemp(prefix="notifier-demo-"))
