@@ -97,7 +97,7 @@ def _limit_this_process() -> None:
 
 
 def _run_isolated(env: LimitedSandbox, name: str, ctx: dict[str, Any]) -> str:
-    """`Renderer._run` in a forked child under resource limits; _ChildFailure if it fails."""
+    """`render_bounded` in a forked child under resource limits; _ChildFailure if it fails."""
     env.get_template(name)  # compile here: a syntax error is reported as usual, and cached
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -106,7 +106,7 @@ def _run_isolated(env: LimitedSandbox, name: str, ctx: dict[str, Any]) -> str:
             os.close(read_fd)
             _limit_this_process()
             try:
-                answer = {"text": Renderer._run(env, name, ctx)}
+                answer = {"text": render_bounded(env, name, ctx)}
             except BaseException as exc:
                 line = getattr(exc, "lineno", None) or _template_line(exc, name)
                 answer = {"kind": type(exc).__name__, "error": str(exc)[:2000], "line": line}
@@ -256,6 +256,22 @@ def mail_context(mail: Mail, host: str) -> dict[str, Any]:
     }
 
 
+def render_bounded(env: LimitedSandbox, name: str, ctx: dict[str, Any]) -> str:
+    """Render a template in this process within the loop and output budgets."""
+    token = _budget.set([MAX_ITERATIONS])
+    try:
+        out: list[str] = []
+        size = 0
+        for chunk in env.get_template(name).generate(ctx):
+            size += len(chunk)
+            if size > MAX_OUTPUT:
+                raise TemplateBudgetExceeded(f"template output longer than {MAX_OUTPUT} characters")
+            out.append(chunk)
+        return "".join(out)
+    finally:
+        _budget.reset(token)
+
+
 class Renderer:
     """Renders a Mail to (subject, text, html) with user overrides and built-in fallback."""
 
@@ -285,22 +301,7 @@ class Renderer:
                 message = f"template {failed}; used the built-in one"
                 log.error("%s", message)
                 self.errors = (self.errors + [message])[-10:]
-        return self._run(self._builtin[html], name, ctx)
-
-    @staticmethod
-    def _run(env: LimitedSandbox, name: str, ctx: dict[str, Any]) -> str:
-        token = _budget.set([MAX_ITERATIONS])
-        try:
-            out: list[str] = []
-            size = 0
-            for chunk in env.get_template(name).generate(ctx):
-                size += len(chunk)
-                if size > MAX_OUTPUT:
-                    raise TemplateBudgetExceeded(f"template output longer than {MAX_OUTPUT} characters")
-                out.append(chunk)
-            return "".join(out)
-        finally:
-            _budget.reset(token)
+        return render_bounded(self._builtin[html], name, ctx)
 
     def render(self, mail: Mail) -> tuple[str, str, str]:
         ctx = mail_context(mail, self.host)

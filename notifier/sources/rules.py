@@ -158,9 +158,9 @@ class Template:
     def render(self, values: Mapping[str, str]) -> str:
         """The text for one line, at most MAX_LINE characters."""
         if self._jinja is not None:
-            from notifier.mail.render import Renderer
+            from notifier.mail.render import render_bounded
 
-            return Renderer._run(self._jinja, "rule", dict(values))[:MAX_LINE]  # its budgets
+            return render_bounded(self._jinja, "rule", dict(values))[:MAX_LINE]  # its budgets
         return "".join(lit + values[name] if name else lit for lit, name in self._parts)[:MAX_LINE]
 
 
