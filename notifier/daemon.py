@@ -375,6 +375,8 @@ class Daemon:
         except Exception:
             return
         text = f"{len(self.policy.open_alerts())} active alert(s), outbox {stats['depth']}"
+        if self.sender.last_delivery:
+            text += f", last delivery {time.strftime('%H:%M:%S', time.localtime(self.sender.last_delivery))}"
         if self.spool_error:
             text += ", SPOOL UNWRITABLE"
         if self.sender.last_error:

@@ -47,6 +47,7 @@ class Sender:
         self.last_progress = time.monotonic()
         self.last_error: str | None = None
         self.delivered_total = 0
+        self.last_delivery: float | None = None  # wall time of the latest 250
         # While the spool cannot be written (disk full, read-only) the sender works from memory:
         # mails the daemon could not store, deliveries and retry times it could not record.
         self._lock = threading.Lock()
@@ -166,6 +167,7 @@ class Sender:
                 if outcome.delivered:
                     spool.mark_delivered(row, now, outcome.reply, outcome.refused)
                     self.delivered_total += 1
+                    self.last_delivery = time.time()
                     refused = f"; refused: {', '.join(f'{r} ({why})' for r, why in outcome.refused.items())}" if outcome.refused else ""
                     log.info("delivered mail %d %r to %s: %s%s", row.id, row.summary,
                              ", ".join(r for r in row.rcpts if r not in outcome.refused), outcome.reply, refused)
@@ -212,6 +214,7 @@ class Sender:
                 self._memory.append(row)
         if outcome.delivered:
             self.delivered_total += 1
+            self.last_delivery = time.time()
             log.info("delivered mail %r (held in memory: the spool is unwritable): %s",
                      row.summary, outcome.reply)
         else:
