@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from notifier.sources.rules import Rule, RuleSet, default_summary, line_text
+from notifier.sources.matching import RuleSet
+from notifier.sources.rules import Rule, default_summary, line_text
 from notifier.sources.tail import complete_lines
 
 RULE_SOURCES = ("logs", "journal")  # the sources whose entries carry `rules:`

@@ -60,6 +60,8 @@ class SystemdNotifier:
                     self._sock = socket.socket(
                         socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
                     )
+                    # A reader that stops reading must never stall the daemon's core thread.
+                    self._sock.settimeout(1.0)
                 self._sock.sendto(payload, self.address)
         except OSError as exc:
             log.debug("sd_notify %s failed: %s", assignments[0] if assignments else "", exc)

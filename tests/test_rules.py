@@ -12,14 +12,12 @@ from hypothesis import strategies as st
 
 from notifier.config import ConfigInvalid, parse_config
 from notifier.events import EVENT, Severity
+from notifier.sources.matching import EventBatch, RuleSet, _utf8
 from notifier.sources.rules import (
     CUT_MARK,
     MAX_LINE,
-    EventBatch,
     Rule,
-    RuleSet,
     Template,
-    _utf8,
     default_summary,
 )
 

@@ -10,7 +10,8 @@ from helpers import run_cli
 
 from notifier.config import parse_config
 from notifier.scan import configured_rules, run_scan, scan_files
-from notifier.sources.rules import MAX_LINE, RuleSet
+from notifier.sources.matching import RuleSet
+from notifier.sources.rules import MAX_LINE
 
 SMTP = {"host": "smtp.example.com", "from": "a@example.com", "to": ["b@example.com"]}
 SSH = {

@@ -12,7 +12,7 @@ from functools import cache
 
 from notifier.sources.base import Source
 
-_NOT_SOURCES = {"base", "rules", "tail"}
+_NOT_SOURCES = {"base", "matching", "rules", "tail"}
 
 
 @cache

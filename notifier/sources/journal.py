@@ -21,7 +21,8 @@ from typing import Any
 
 from notifier import schema
 from notifier.sources.base import COMMON_FIELDS, Source
-from notifier.sources.rules import MAX_LINE, EventBatch, Rule, RuleSet, rules_field
+from notifier.sources.matching import EventBatch, RuleSet
+from notifier.sources.rules import MAX_LINE, Rule, rules_field
 
 log = logging.getLogger("notifier.sources")
 

@@ -20,7 +20,8 @@ from typing import Any
 
 from notifier import schema
 from notifier.sources.base import COMMON_FIELDS, Source, SourceContext
-from notifier.sources.rules import EventBatch, Rule, RuleSet, rules_field
+from notifier.sources.matching import EventBatch, RuleSet
+from notifier.sources.rules import Rule, rules_field
 from notifier.sources.tail import LogTail, TailError
 
 log = logging.getLogger("notifier.sources")

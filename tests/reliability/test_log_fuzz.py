@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from notifier import schema
 from notifier.events import Event
 from notifier.sources.journal import JournalSource
-from notifier.sources.rules import MAX_LINE, EventBatch, Rule, RuleSet, compile_pattern
+from notifier.sources.matching import EventBatch, RuleSet
+from notifier.sources.rules import MAX_LINE, Rule, compile_pattern
 from notifier.sources.tail import LogTail
 from tests.helpers import wait_for
 
