@@ -12,11 +12,10 @@ import threading
 import time
 from typing import Any
 
-from notifier import sources as source_registry
 from notifier.events import PROBLEM, RESOLVED, Event, Severity
 from notifier.policy import AnchoredClock, Mail, Policy, PolicySettings
 from notifier.sender import Sender
-from notifier.sources.base import PeriodicSource, Scheduler, Source
+from notifier.sourceset import SourceSet
 from notifier.spool import OutboxRow, Spool, SpoolError
 
 log = logging.getLogger("notifier")
@@ -68,9 +67,7 @@ class Daemon:
         self.inq: queue.Queue[tuple] = queue.Queue(maxsize=2000)
         self.sender = Sender(self.state_dir, SmtpSettings.from_config(conf["smtp"]), self._password,
                              self.clock, conf["policy"]["retry_max"])
-        self.scheduler = Scheduler()
-        self.ctx = SourceContextImpl(self)
-        self.sources: dict[str, Source] = {}
+        self.sources = SourceSet(SourceContextImpl(self))
         self.spool_error: str | None = None
         self.started = time.time()
         self._core_thread: threading.Thread | None = None
@@ -79,7 +76,6 @@ class Daemon:
         self._last_status = ""
         self._inbox_checked = 0.0
         self._health_saved: dict[str, tuple] = {}
-        self._sweep_after: dict[str, int] | None = None  # runs each source must pass first
         from notifier.sdnotify import SystemdNotifier
 
         self.notify = SystemdNotifier()
@@ -116,53 +112,6 @@ class Daemon:
         return done.wait(timeout)
 
     # -- sources -------------------------------------------------------------------------
-    def _build_sources(self, conf: dict[str, Any]) -> dict[str, Source]:
-        built: dict[str, Source] = {}
-        for key, entries in (conf.get("sources") or {}).items():
-            if not entries:
-                continue
-            cls = source_registry.get(key)
-            for index, entry in enumerate(entries):
-                src = cls(entry, index, self.ctx)
-                if src.name in built:
-                    src.name = f"{key}[{index}]"
-                built[src.name] = src
-        return built
-
-    def _start_source(self, src: Source) -> None:
-        try:
-            if isinstance(src, PeriodicSource):
-                self.scheduler.add(src)
-            else:
-                src.start()
-        except Exception as exc:
-            log.exception("source %s could not start", src.name)
-            src.report_failure(f"could not start: {type(exc).__name__}: {exc}")
-
-    def _stop_source(self, src: Source) -> None:
-        try:
-            if isinstance(src, PeriodicSource):
-                self.scheduler.remove(src)
-            else:
-                src.stop()
-        except Exception:
-            log.exception("source %s did not stop cleanly", src.name)
-
-    def _apply_sources(self, conf: dict[str, Any]) -> None:
-        wanted = self._build_sources(conf)
-        for name, src in list(self.sources.items()):
-            new = wanted.get(name)
-            if new is None or new.identity_of_config() != src.identity_of_config():
-                self._stop_source(src)
-                del self.sources[name]
-                log.info("source %s %s", name, "removed" if new is None else "changed, restarting it")
-        for name, src in wanted.items():
-            if name not in self.sources:
-                self.sources[name] = src
-                self._start_source(src)
-        self._sweep_after = {n: s.completed_runs for n, s in self.sources.items()
-                             if isinstance(s, PeriodicSource)}
-
     # -- the core thread ---------------------------------------------------------------
     def _core(self) -> None:
         try:
@@ -218,37 +167,14 @@ class Daemon:
                 return
 
     def _sweep(self) -> None:
-        """Resolve open alerts nothing checks any more: a service removed from the config, a
-        source gone, a key a source stopped reporting. Runs once after start and each reload,
-        when every periodic source has completed a check, so nothing still open is cleared."""
-        after = self._sweep_after
-        if after is None:
-            return
-        periodic = {n: s for n, s in self.sources.items() if isinstance(s, PeriodicSource)}
-        if any(s.completed_runs <= after.get(n, 0) for n, s in periodic.items()):
-            return
-        self._sweep_after = None
-        configured = {s.key for s in self.sources.values()}
-        periodic_keys = {s.key for s in periodic.values()}
-        reported = {(s.key, c, k) for s in periodic.values() for c, k in s.last_keys}
-        known = set(source_registry.names())
+        """Resolve the open alerts that nothing checks any more (see SourceSet.stale)."""
         now = self.clock()
-        for alert in self.policy.open_alerts():
-            if not alert.by_source:
-                continue  # opened by `notifier send`: only its sender can clear it
-            if alert.source == "notifier" and alert.check == "source-failing":
-                stale = alert.key not in self.sources
-            elif alert.source in known:
-                stale = alert.source not in configured or (
-                    alert.source in periodic_keys and alert.identity not in reported)
-            else:
-                stale = False
-            if stale:
-                log.info("resolving %s/%s/%s: no longer checked", *alert.identity)
-                self.policy.observe(Event(alert.source, alert.check, alert.key, Severity.INFO, "resolved",
-                                          f"no longer checked: {alert.summary}",
-                                          {"reason": "removed from the configuration or no longer reported"},
-                                          now, self.host), now)
+        for alert in self.sources.stale(self.policy.open_alerts()):
+            log.info("resolving %s/%s/%s: no longer checked", *alert.identity)
+            self.policy.observe(Event(alert.source, alert.check, alert.key, Severity.INFO, "resolved",
+                                      f"no longer checked: {alert.summary}",
+                                      {"reason": "removed from the configuration or no longer reported"},
+                                      now, self.host), now)
 
     def _take_inbox(self) -> None:
         self._inbox_checked = time.monotonic()
@@ -364,7 +290,7 @@ class Daemon:
                                   {"state_dir": self.state_dir}, now, self.host), now)
 
     def _save_health(self, db: Any) -> None:
-        health = {n: (s.last_check, s.last_error) for n, s in self.sources.items()}
+        health = self.sources.health()
         if health != self._health_saved:
             self.spool.save_source_health(db, health)
             self._health_saved = health
@@ -418,7 +344,7 @@ class Daemon:
         self.host = conf["host_label"]
         self.policy.reconfigure(PolicySettings.from_config(conf["policy"]), self.clock())
         self._renderer = None  # the next mail is rendered with the new templates_dir and host
-        self._apply_sources(conf)
+        self.sources.apply(conf)
         try:
             self.spool.retry_now()  # the admin has usually just fixed something
         except SpoolError as exc:
@@ -458,7 +384,7 @@ class Daemon:
             "sender_error": self.sender.last_error,
             "template_errors": self._renderer.errors if self._renderer is not None else [],
             "sources": [{"name": n, "last_check": s.last_check, "last_error": s.last_error}
-                        for n, s in sorted(self.sources.items())],
+                        for n, s in sorted(self.sources.by_name.items())],
         }
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -466,7 +392,7 @@ class Daemon:
         """For the systemd watchdog: every worker alive and the core turning."""
         core_ok = self._core_thread is not None and self._core_thread.is_alive() and \
             time.monotonic() - self._core_beat < 3 * INBOX_EVERY
-        return core_ok and self.sender.healthy() and self.scheduler.alive() and self.control.alive()
+        return core_ok and self.sender.healthy() and self.sources.alive() and self.control.alive()
 
     def run(self) -> int:
         from notifier.control import ControlServer
@@ -480,12 +406,12 @@ class Daemon:
         self._core_thread = threading.Thread(target=self._core, name="core", daemon=True)
         self._core_thread.start()
         self.sender.start()
-        self.scheduler.start()
-        self._apply_sources(self.conf)
+        self.sources.start()
+        self.sources.apply(self.conf)
         pinger = WatchdogPinger(self.notify, self.healthy)
         pinger.start()
         self.notify.ready()
-        log.info("notifier %s running: %d source(s), state in %s", _version(), len(self.sources), self.state_dir)
+        log.info("notifier %s running: %d source(s), state in %s", _version(), len(self.sources.by_name), self.state_dir)
         try:
             while True:
                 sig = signal.sigwait(signals)
@@ -501,9 +427,7 @@ class Daemon:
         return 0
 
     def shutdown(self) -> None:
-        for src in list(self.sources.values()):
-            self._stop_source(src)
-        self.scheduler.stop()
+        self.sources.stop()
         self.submit(("stop",))
         if self._core_thread:
             self._core_thread.join(timeout=10)
