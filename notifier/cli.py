@@ -19,31 +19,53 @@ def _parser() -> argparse.ArgumentParser:
     from notifier.config import default_config_path
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", default=default_config_path(),
-                        help="the config file (default: $NOTIFIER_CONFIG or /etc/notifier/config.yaml)")
+    common.add_argument(
+        "-c",
+        "--config",
+        default=default_config_path(),
+        help="the config file (default: $NOTIFIER_CONFIG or /etc/notifier/config.yaml)",
+    )
     common.add_argument("-v", "--verbose", action="count", default=0, help="more detail (debug)")
     common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
     p = argparse.ArgumentParser(prog="notifier", description="E-mail alerts for this machine.")
     p.add_argument("--version", action="version", version=f"notifier {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("run", parents=[common], help="the daemon, in the foreground (systemd runs this)")
-    sub.add_parser("check", parents=[common],
-                   help="validate the config, render every template, check the password can be read")
+    sub.add_parser(
+        "run", parents=[common], help="the daemon, in the foreground (systemd runs this)"
+    )
+    sub.add_parser(
+        "check",
+        parents=[common],
+        help="validate the config, render every template, check the password can be read",
+    )
     t = sub.add_parser("test-email", parents=[common], help="send one test mail now")
     t.add_argument("--to", action="append", help="send to this address instead (repeatable)")
-    s = sub.add_parser("send", parents=[common], help="an event from a script, through the daemon's queue")
+    s = sub.add_parser(
+        "send", parents=[common], help="an event from a script, through the daemon's queue"
+    )
     s.add_argument("--severity", required=True, choices=["info", "warning", "critical"])
     s.add_argument("--subject", required=True, help="one line saying what happened")
     s.add_argument("--body", help="more text; '-' reads it from standard input")
-    s.add_argument("--key", help="what it is about (default: the subject); repeats with one key are counted")
+    s.add_argument(
+        "--key", help="what it is about (default: the subject); repeats with one key are counted"
+    )
     s.add_argument("--source", default="send", help="who reports it (default: send)")
     s.add_argument("--check", help="the kind of event (default: the source)")
-    s.add_argument("--state", choices=["event", "problem", "resolved"], default="event",
-                   help="event (one-shot, default), or open/clear a stateful alert")
-    sub.add_parser("set-password", parents=[common],
-                   help="store the SMTP password in the keyring (reads standard input when not a terminal)")
-    st = sub.add_parser("status", parents=[common], help="active alerts, outbox, last delivery and error")
+    s.add_argument(
+        "--state",
+        choices=["event", "problem", "resolved"],
+        default="event",
+        help="event (one-shot, default), or open/clear a stateful alert",
+    )
+    sub.add_parser(
+        "set-password",
+        parents=[common],
+        help="store the SMTP password in the keyring (reads standard input when not a terminal)",
+    )
+    st = sub.add_parser(
+        "status", parents=[common], help="active alerts, outbox, last delivery and error"
+    )
     st.add_argument("--json", action="store_true", help="machine-readable")
     sc = sub.add_parser("scan", parents=[common], help="run the configured log rules over files")
     sc.add_argument("--rule", help="only this rule")
@@ -67,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigInvalid as exc:
         print(exc.report(), file=sys.stderr)
         n = len(exc.problems)
-        print(f"{exc.filename}: {n} problem{'s' if n != 1 else ''}; nothing was changed", file=sys.stderr)
+        print(
+            f"{exc.filename}: {n} problem{'s' if n != 1 else ''}; nothing was changed",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
@@ -83,8 +108,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from notifier.logsetup import redact
 
-        print(redact(f"notifier: internal error: {type(exc).__name__}: {exc} (run with -v for details)"),
-              file=sys.stderr)
+        print(
+            redact(
+                f"notifier: internal error: {type(exc).__name__}: {exc} (run with -v for details)"
+            ),
+            file=sys.stderr,
+        )
         return 1
 
 
@@ -142,10 +171,19 @@ def _conf_for_send(args: argparse.Namespace) -> dict[str, Any]:
         except (OSError, yaml.YAMLError, UnicodeDecodeError):
             raw = None
         raw = raw if isinstance(raw, dict) else {}
-        state_dir = raw.get("state_dir") if isinstance(raw.get("state_dir"), str) else "/var/lib/notifier"
-        host = raw.get("host_label") if isinstance(raw.get("host_label"), str) else socket.gethostname()
-        print(f"notifier send: warning: {exc.filename} has {len(exc.problems)} problem(s) (see "
-              f"`notifier check`); handing the event over through {state_dir} anyway", file=sys.stderr)
+        state_dir = (
+            raw.get("state_dir") if isinstance(raw.get("state_dir"), str) else "/var/lib/notifier"
+        )
+        host = (
+            raw.get("host_label")
+            if isinstance(raw.get("host_label"), str)
+            else socket.gethostname()
+        )
+        print(
+            f"notifier send: warning: {exc.filename} has {len(exc.problems)} problem(s) (see "
+            f"`notifier check`); handing the event over through {state_dir} anyway",
+            file=sys.stderr,
+        )
         return {"state_dir": state_dir, "host_label": host}
 
 
@@ -161,21 +199,34 @@ def cmd_send(args: argparse.Namespace) -> int:
     if body == "-":
         body = sys.stdin.read(1_000_000)
     source = args.source
-    event = Event(source=source, check=args.check or source, key=args.key or args.subject,
-                  severity=Severity.parse(args.severity), state=args.state, summary=args.subject,
-                  details={"body": body} if body else {}, time=time.time(), host=conf["host_label"],
-                  id=uuid.uuid4().hex)  # if our answer is lost and we spool it, it counts once
+    event = Event(
+        source=source,
+        check=args.check or source,
+        key=args.key or args.subject,
+        severity=Severity.parse(args.severity),
+        state=args.state,
+        summary=args.subject,
+        details={"body": body} if body else {},
+        time=time.time(),
+        host=conf["host_label"],
+        id=uuid.uuid4().hex,
+    )  # if our answer is lost and we spool it, it counts once
     try:
         answer = request(socket_path(conf["state_dir"]), {"op": "send", "event": event.to_dict()})
     except (OSError, ValueError):
         answer = None
     if answer is not None:
         if not answer.get("ok"):
-            print(f"notifier send: the daemon refused the event: {answer.get('error')}", file=sys.stderr)
+            print(
+                f"notifier send: the daemon refused the event: {answer.get('error')}",
+                file=sys.stderr,
+            )
             return 1
         if answer.get("spool_error"):
-            print(f"notifier send: queued, but the daemon's spool is unwritable: {answer['spool_error']}",
-                  file=sys.stderr)
+            print(
+                f"notifier send: queued, but the daemon's spool is unwritable: {answer['spool_error']}",
+                file=sys.stderr,
+            )
         return 0
     from notifier.spool import Spool
 
@@ -184,16 +235,21 @@ def cmd_send(args: argparse.Namespace) -> int:
         spool.add_inbox(event.to_dict())
     finally:
         spool.close()
-    print(f"notifier send: the daemon is not running; the event is kept in {spool.path} "
-          f"and will be sent when `notifier run` starts", file=sys.stderr)
+    print(
+        f"notifier send: the daemon is not running; the event is kept in {spool.path} "
+        f"and will be sent when `notifier run` starts",
+        file=sys.stderr,
+    )
     return 0
 
 
 def cmd_set_password(args: argparse.Namespace) -> int:
     conf = _load(args)
     if not conf["smtp"].get("username"):
-        print(f"{conf['_file']}: smtp.username is not set; a password is only used with a username",
-              file=sys.stderr)
+        print(
+            f"{conf['_file']}: smtp.username is not set; a password is only used with a username",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     if sys.stdin.isatty():
         import getpass

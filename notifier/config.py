@@ -41,10 +41,14 @@ def _address(value: str) -> str:
     try:
         bare_address(value)
     except ValueError as exc:
-        why = "; a non-ASCII user part needs SMTPUTF8, which notifier does not use" \
-            if "SMTPUTF8" in str(exc) else ""
-        raise ValueError(f"must be an e-mail address like 'NAS <alerts@example.com>', "
-                         f"got {value!r}{why}") from None
+        why = (
+            "; a non-ASCII user part needs SMTPUTF8, which notifier does not use"
+            if "SMTPUTF8" in str(exc)
+            else ""
+        )
+        raise ValueError(
+            f"must be an e-mail address like 'NAS <alerts@example.com>', got {value!r}{why}"
+        ) from None
     return value
 
 
@@ -63,8 +67,9 @@ def _ca_file(value: str) -> str:
         # A bare client context: the system store (~30 ms to load) is not what is checked here.
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=value)
     except (ssl.SSLError, ValueError, OSError):
-        raise ValueError(f"{value} holds no CA certificate in PEM format "
-                         "(-----BEGIN CERTIFICATE-----)") from None
+        raise ValueError(
+            f"{value} holds no CA certificate in PEM format (-----BEGIN CERTIFICATE-----)"
+        ) from None
     return value
 
 
@@ -86,8 +91,10 @@ SMTP = Map(
             default="tls",
             example="tls",
         ),
-        "username": Str(description="The login; leave out for a relay without AUTH.",
-                        example="alerts@example.com"),
+        "username": Str(
+            description="The login; leave out for a relay without AUTH.",
+            example="alerts@example.com",
+        ),
         "password_file": Str(
             description="A root-only file holding the password. The systemd credential "
             "smtp-password and the keyring (notifier set-password) are the other places.",
@@ -98,12 +105,22 @@ SMTP = Map(
             check=_ca_file,
             example="/etc/ssl/private-ca.pem",
         ),
-        "from": Str(description="The sender.", default=REQUIRED, check=_address,
-                    example="nas01 <alerts@example.com>"),
-        "to": List(description="Who gets the mail.", item=Str(check=_address), min_items=1,
-                   default=REQUIRED, example=["admin@example.com"]),
-        "timeout": Duration(description="Network timeout for each SMTP step.", default=30.0,
-                            example="30s", min=1),
+        "from": Str(
+            description="The sender.",
+            default=REQUIRED,
+            check=_address,
+            example="nas01 <alerts@example.com>",
+        ),
+        "to": List(
+            description="Who gets the mail.",
+            item=Str(check=_address),
+            min_items=1,
+            default=REQUIRED,
+            example=["admin@example.com"],
+        ),
+        "timeout": Duration(
+            description="Network timeout for each SMTP step.", default=30.0, example="30s", min=1
+        ),
     },
     refused={
         "password": "the password must not sit in the YAML file: store it with "
@@ -115,20 +132,41 @@ SMTP = Map(
 POLICY = Map(
     description="When and how often to mail.",
     fields={
-        "group_wait": Duration(description="What arrives within this window goes into one mail.",
-                               default=30.0, example="30s"),
+        "group_wait": Duration(
+            description="What arrives within this window goes into one mail.",
+            default=30.0,
+            example="30s",
+        ),
         "repeat_interval": Duration(
             description="Remind about a problem still open this often; 0s never reminds.",
-            default=4 * 3600.0, example="4h"),
-        "send_resolved": Bool(description="Mail when a problem clears.", default=True, example=True),
-        "max_per_hour": Int(description="At most this many mails an hour; beyond it, events "
-                            "are held and folded into one digest mail (nothing is dropped).",
-                            default=20, min=1, max=3600, example=20),
-        "burst": Int(description="How many mails may go out back to back before the hourly "
-                     "rate applies.", default=5, min=1, max=3600, example=5),
-        "retry_max": Duration(description="Longest wait between delivery attempts while the "
-                              "server is unreachable (exponential backoff up to this).",
-                              default=600.0, example="10m", min=1),
+            default=4 * 3600.0,
+            example="4h",
+        ),
+        "send_resolved": Bool(
+            description="Mail when a problem clears.", default=True, example=True
+        ),
+        "max_per_hour": Int(
+            description="At most this many mails an hour; beyond it, events "
+            "are held and folded into one digest mail (nothing is dropped).",
+            default=20,
+            min=1,
+            max=3600,
+            example=20,
+        ),
+        "burst": Int(
+            description="How many mails may go out back to back before the hourly rate applies.",
+            default=5,
+            min=1,
+            max=3600,
+            example=5,
+        ),
+        "retry_max": Duration(
+            description="Longest wait between delivery attempts while the "
+            "server is unreachable (exponential backoff up to this).",
+            default=600.0,
+            example="10m",
+            min=1,
+        ),
     },
 )
 
@@ -140,12 +178,20 @@ def top_schema() -> Map:
         source_fields[name] = _LazySourceList(name)
     return Map(
         fields={
-            "host_label": Str(description="How this machine is named in mails. Default: the hostname.",
-                              default=lambda: socket.gethostname(), example="nas01"),
-            "state_dir": Str(description="Where the spool (alert states, outbox, log positions) lives.",
-                             default="/var/lib/notifier", example="/var/lib/notifier"),
-            "templates_dir": Str(description="Templates here override the built-in ones by name.",
-                                 example="/etc/notifier/templates"),
+            "host_label": Str(
+                description="How this machine is named in mails. Default: the hostname.",
+                default=lambda: socket.gethostname(),
+                example="nas01",
+            ),
+            "state_dir": Str(
+                description="Where the spool (alert states, outbox, log positions) lives.",
+                default="/var/lib/notifier",
+                example="/var/lib/notifier",
+            ),
+            "templates_dir": Str(
+                description="Templates here override the built-in ones by name.",
+                example="/etc/notifier/templates",
+            ),
             "smtp": SMTP_REQUIRED,
             "policy": POLICY,
             "sources": Map(description="What to watch.", fields=source_fields, default=dict),
@@ -153,8 +199,9 @@ def top_schema() -> Map:
     )
 
 
-SMTP_REQUIRED = Map(description=SMTP.description, fields=SMTP.fields, refused=SMTP.refused,
-                    default=REQUIRED)
+SMTP_REQUIRED = Map(
+    description=SMTP.description, fields=SMTP.fields, refused=SMTP.refused, default=REQUIRED
+)
 
 
 class _LazySourceList(schema.List):
@@ -185,23 +232,37 @@ def _cross_checks(conf: dict[str, Any], raw: LineDict, errors: Errors) -> None:
         smtp["port"] = DEFAULT_PORTS[smtp["security"]]
     if smtp["security"] == "none":
         if not _is_loopback(smtp["host"]):
-            errors.add(lines.get("host"), "smtp.host",
-                       f"security: none sends mail in clear; it is allowed only to a relay on this "
-                       f"machine (127.0.0.1, ::1, localhost), not {smtp['host']!r}. "
-                       f"Use security: tls (port 465) or starttls (port 587)")
+            errors.add(
+                lines.get("host"),
+                "smtp.host",
+                f"security: none sends mail in clear; it is allowed only to a relay on this "
+                f"machine (127.0.0.1, ::1, localhost), not {smtp['host']!r}. "
+                f"Use security: tls (port 465) or starttls (port 587)",
+            )
         if smtp["username"] or smtp["password_file"]:
-            errors.add(lines.get("username") or lines.get("password_file"), "smtp.username",
-                       "security: none never sends a password; remove username/password_file "
-                       "or use security: tls or starttls")
+            errors.add(
+                lines.get("username") or lines.get("password_file"),
+                "smtp.username",
+                "security: none never sends a password; remove username/password_file "
+                "or use security: tls or starttls",
+            )
     elif smtp["port"] == 465 and smtp["security"] == "starttls":
-        errors.add(lines.get("port"), "smtp.port",
-                   "port 465 speaks implicit TLS; use security: tls with it (or port 587 for starttls)")
+        errors.add(
+            lines.get("port"),
+            "smtp.port",
+            "port 465 speaks implicit TLS; use security: tls with it (or port 587 for starttls)",
+        )
     elif smtp["port"] == 587 and smtp["security"] == "tls":
-        errors.add(lines.get("port"), "smtp.port",
-                   "port 587 speaks STARTTLS; use security: starttls with it (or port 465 for tls)")
+        errors.add(
+            lines.get("port"),
+            "smtp.port",
+            "port 587 speaks STARTTLS; use security: starttls with it (or port 465 for tls)",
+        )
 
 
-def parse_config(text: str, filename: str = "config.yaml", *, check_templates: bool = True) -> dict[str, Any]:
+def parse_config(
+    text: str, filename: str = "config.yaml", *, check_templates: bool = True
+) -> dict[str, Any]:
     """Validate YAML text; a dict with every default filled, or ConfigInvalid with all problems."""
     try:
         raw = load_yaml(text)
@@ -210,7 +271,10 @@ def parse_config(text: str, filename: str = "config.yaml", *, check_templates: b
     if raw is None:
         raw = LineDict()
     if not isinstance(raw, dict):
-        raise ConfigInvalid(filename, [Problem(1, "", "the file must be a mapping of options (smtp:, policy:, sources: …)")])
+        raise ConfigInvalid(
+            filename,
+            [Problem(1, "", "the file must be a mapping of options (smtp:, policy:, sources: …)")],
+        )
     errors = Errors()
     conf = top_schema().validate(raw, "", raw.line or 1, errors)
     if conf is not schema.INVALID:
@@ -249,11 +313,19 @@ def load_config(path: str | os.PathLike[str], **kwargs: Any) -> dict[str, Any]:
     try:
         text = Path(filename).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigInvalid(filename, [Problem(None, "", "no such file (give another with -c FILE)")]) from None
+        raise ConfigInvalid(
+            filename, [Problem(None, "", "no such file (give another with -c FILE)")]
+        ) from None
     except PermissionError:
-        raise ConfigInvalid(filename, [Problem(None, "", "cannot read the file (permission denied)")]) from None
+        raise ConfigInvalid(
+            filename, [Problem(None, "", "cannot read the file (permission denied)")]
+        ) from None
     except IsADirectoryError:
-        raise ConfigInvalid(filename, [Problem(None, "", "is a directory, not a config file")]) from None
+        raise ConfigInvalid(
+            filename, [Problem(None, "", "is a directory, not a config file")]
+        ) from None
     except UnicodeDecodeError as exc:
-        raise ConfigInvalid(filename, [Problem(None, "", f"is not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
+        raise ConfigInvalid(
+            filename, [Problem(None, "", f"is not UTF-8 text ({exc.reason} at byte {exc.start})")]
+        ) from None
     return parse_config(text, filename, **kwargs)

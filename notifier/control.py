@@ -41,7 +41,9 @@ class ControlServer:
     def start(self) -> None:
         if self.path.exists() or self.path.is_symlink():
             if _answers(self.path):
-                raise RuntimeError(f"another notifier is already running with this state_dir ({self.path} answers)")
+                raise RuntimeError(
+                    f"another notifier is already running with this state_dir ({self.path} answers)"
+                )
             self.path.unlink()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
@@ -80,7 +82,9 @@ class ControlServer:
                 if self._stopped:
                     return
                 continue
-            threading.Thread(target=self._serve, args=(conn,), name="control-conn", daemon=True).start()
+            threading.Thread(
+                target=self._serve, args=(conn,), name="control-conn", daemon=True
+            ).start()
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
@@ -89,7 +93,13 @@ class ControlServer:
                 uid = _peer_uid(conn)
                 if uid not in (0, os.getuid()):
                     log.warning("refused a control connection from uid %d", uid)
-                    _reply(conn, {"ok": False, "error": "permission denied: only root and the daemon's user may use this socket"})
+                    _reply(
+                        conn,
+                        {
+                            "ok": False,
+                            "error": "permission denied: only root and the daemon's user may use this socket",
+                        },
+                    )
                     return
                 request = _read_request(conn)
                 answer = self.handler(request)

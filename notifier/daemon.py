@@ -59,14 +59,24 @@ class Daemon:
         self.spool = Spool(self.state_dir)
         self.positions: dict[str, Any] = self.spool.positions()
         now = self.clock()
-        self.policy = Policy(PolicySettings.from_config(conf["policy"]), now,
-                             lambda: make_message_id(self.host))
-        self.policy.restore(self.spool.load_alerts(), self.spool.load_pending(),
-                            self.spool.get_meta("policy", {}) or {}, now)
+        self.policy = Policy(
+            PolicySettings.from_config(conf["policy"]), now, lambda: make_message_id(self.host)
+        )
+        self.policy.restore(
+            self.spool.load_alerts(),
+            self.spool.load_pending(),
+            self.spool.get_meta("policy", {}) or {},
+            now,
+        )
         self._renderer: Any = None  # made for the first mail: Jinja (~5 MB) is not loaded before
         self.inq: queue.Queue[tuple] = queue.Queue(maxsize=2000)
-        self.sender = Sender(self.state_dir, SmtpSettings.from_config(conf["smtp"]), self._password,
-                             self.clock, conf["policy"]["retry_max"])
+        self.sender = Sender(
+            self.state_dir,
+            SmtpSettings.from_config(conf["smtp"]),
+            self._password,
+            self.clock,
+            conf["policy"]["retry_max"],
+        )
         self.sources = SourceSet(SourceContextImpl(self))
         self.spool_error: str | None = None
         self.started = time.time()
@@ -97,8 +107,10 @@ class Daemon:
             return None
         secret = find_password(self.conf)
         if secret is None:
-            raise RuntimeError("no SMTP password found: store one with `notifier set-password`, "
-                               "smtp.password_file, or the systemd credential smtp-password")
+            raise RuntimeError(
+                "no SMTP password found: store one with `notifier set-password`, "
+                "smtp.password_file, or the systemd credential smtp-password"
+            )
         return secret.value
 
     # -- the queue into the core ------------------------------------------------------
@@ -124,7 +136,9 @@ class Daemon:
             self._core_beat = time.monotonic()
             now = self.clock()
             deadline = self.policy.next_deadline(now)
-            timeout = INBOX_EVERY if deadline is None else min(INBOX_EVERY, max(0.0, deadline - now))
+            timeout = (
+                INBOX_EVERY if deadline is None else min(INBOX_EVERY, max(0.0, deadline - now))
+            )
             batch = []
             try:
                 batch.append(self.inq.get(timeout=timeout))
@@ -171,10 +185,20 @@ class Daemon:
         now = self.clock()
         for alert in self.sources.stale(self.policy.open_alerts()):
             log.info("resolving %s/%s/%s: no longer checked", *alert.identity)
-            self.policy.observe(Event(alert.source, alert.check, alert.key, Severity.INFO, "resolved",
-                                      f"no longer checked: {alert.summary}",
-                                      {"reason": "removed from the configuration or no longer reported"},
-                                      now, self.host), now)
+            self.policy.observe(
+                Event(
+                    alert.source,
+                    alert.check,
+                    alert.key,
+                    Severity.INFO,
+                    "resolved",
+                    f"no longer checked: {alert.summary}",
+                    {"reason": "removed from the configuration or no longer reported"},
+                    now,
+                    self.host,
+                ),
+                now,
+            )
 
     def _take_inbox(self) -> None:
         self._inbox_checked = time.monotonic()
@@ -193,8 +217,10 @@ class Daemon:
                         log.error("dropping an unusable spooled event (%s): %.200r", exc, d)
                         continue
                     if event.id in taken:  # `send` lost our answer to a crash and spooled it too
-                        log.info("event %s was already taken before a restart; not counting it twice",
-                                 event.id)
+                        log.info(
+                            "event %s was already taken before a restart; not counting it twice",
+                            event.id,
+                        )
                         continue
                     if event.id:
                         taken.add(event.id)
@@ -204,7 +230,10 @@ class Daemon:
                 self._write_policy(db, {})
             self._taken_ids = []
             if raw:
-                log.info("took %d event(s) spooled by `notifier send` while the daemon was not running", len(raw))
+                log.info(
+                    "took %d event(s) spooled by `notifier send` while the daemon was not running",
+                    len(raw),
+                )
         except SpoolError as exc:
             self._spool_failed(exc)
 
@@ -218,16 +247,25 @@ class Daemon:
             log.exception("rendering mail failed")
             subject = f"[{self.host}] {len(mail.items)} alert(s) (template error)"
             text = f"The mail template failed ({exc}); the raw items follow.\n\n" + "\n".join(
-                f"{str(Severity(i.severity)).upper()} {i.summary} ({i.count}x)" for i in mail.items)
+                f"{str(Severity(i.severity)).upper()} {i.summary} ({i.count}x)" for i in mail.items
+            )
             html = None
-        headers = {"mail_from": smtp["from"], "to": smtp["to"], "message_id": mail.message_id,
-                   "in_reply_to": mail.in_reply_to, "references": mail.references, "date": time.time()}
+        headers = {
+            "mail_from": smtp["from"],
+            "to": smtp["to"],
+            "message_id": mail.message_id,
+            "in_reply_to": mail.in_reply_to,
+            "references": mail.references,
+            "date": time.time(),
+        }
         try:
             return build_message(subject=subject, text=text, html=html, **headers)
         except Exception:  # text the mail encoder refuses: a mail in plain ASCII still goes out
             log.exception("building the mail failed; sending it as plain ASCII text")
-            ascii_only = [t.encode("ascii", "backslashreplace").decode("ascii").replace("=?", "= ?")
-                          for t in (subject, text)]
+            ascii_only = [
+                t.encode("ascii", "backslashreplace").decode("ascii").replace("=?", "= ?")
+                for t in (subject, text)
+            ]
             return build_message(subject=ascii_only[0], text=ascii_only[1], html=None, **headers)
 
     def _write_policy(self, db: Any, positions: dict[str, Any]) -> None:
@@ -242,9 +280,18 @@ class Daemon:
         mails = self.policy.tick(now)
         gone = self.policy.forget_old(now) if not mails else []
         smtp = self.conf["smtp"]
-        rows = [{"created": mail.created, "message_id": mail.message_id, "mail_from": smtp["from"],
-                 "rcpts": list(smtp["to"]), "data": self._render(mail), "summary": _summary(mail),
-                 "events": mail.total_events} for mail in mails]
+        rows = [
+            {
+                "created": mail.created,
+                "message_id": mail.message_id,
+                "mail_from": smtp["from"],
+                "rcpts": list(smtp["to"]),
+                "data": self._render(mail),
+                "summary": _summary(mail),
+                "events": mail.total_events,
+            }
+            for mail in mails
+        ]
         try:
             with self.spool.transaction() as db:
                 for row in rows:
@@ -258,8 +305,19 @@ class Daemon:
             # the mails go out from memory now rather than wait for the disk.
             self._spool_failed(exc)
             if rows:
-                self.sender.send_from_memory([OutboxRow(id=0, attempts=0, next_attempt=0.0, last_error=None,
-                                                        status="ready", **row) for row in rows])
+                self.sender.send_from_memory(
+                    [
+                        OutboxRow(
+                            id=0,
+                            attempts=0,
+                            next_attempt=0.0,
+                            last_error=None,
+                            status="ready",
+                            **row,
+                        )
+                        for row in rows
+                    ]
+                )
             return
         self.positions.update(positions)
         self.policy.dirty_alerts.clear()
@@ -275,19 +333,38 @@ class Daemon:
 
     def _spool_failed(self, exc: Exception) -> None:
         if str(exc) != self.spool_error:
-            log.error("SPOOL UNWRITABLE: %s. Mail is sent from memory meanwhile and is lost if "
-                      "notifier stops; free space or fix permissions on %s.", exc, self.state_dir)
+            log.error(
+                "SPOOL UNWRITABLE: %s. Mail is sent from memory meanwhile and is lost if "
+                "notifier stops; free space or fix permissions on %s.",
+                exc,
+                self.state_dir,
+            )
         if self.spool_error is None:
-            self._spool_alert(PROBLEM, f"cannot write the spool in {self.state_dir} ({exc}); "
-                                       "mail is sent from memory until it is fixed")
+            self._spool_alert(
+                PROBLEM,
+                f"cannot write the spool in {self.state_dir} ({exc}); "
+                "mail is sent from memory until it is fixed",
+            )
         self.spool_error = str(exc)
 
     def _spool_alert(self, state: str, summary: str) -> None:
         """An alert about the spool itself, so the admin hears of a full disk by mail too."""
         now = self.clock()
         severity = Severity.CRITICAL if state == PROBLEM else Severity.INFO
-        self.policy.observe(Event("notifier", "spool", self.state_dir, severity, state, summary,
-                                  {"state_dir": self.state_dir}, now, self.host), now)
+        self.policy.observe(
+            Event(
+                "notifier",
+                "spool",
+                self.state_dir,
+                severity,
+                state,
+                summary,
+                {"state_dir": self.state_dir},
+                now,
+                self.host,
+            ),
+            now,
+        )
 
     def _save_health(self, db: Any) -> None:
         health = self.sources.health()
@@ -323,12 +400,18 @@ class Daemon:
             except ConfigInvalid as exc:
                 for problem in exc.problems:
                     log.error("reload refused: %s", problem.format(exc.filename))
-                log.error("reload refused: %d problem(s) in %s; still running the previous configuration",
-                          len(exc.problems), self.config_path)
+                log.error(
+                    "reload refused: %d problem(s) in %s; still running the previous configuration",
+                    len(exc.problems),
+                    self.config_path,
+                )
                 return
             if conf["state_dir"] != self.state_dir:
-                log.warning("state_dir changed to %s; that takes a restart, still using %s",
-                            conf["state_dir"], self.state_dir)
+                log.warning(
+                    "state_dir changed to %s; that takes a restart, still using %s",
+                    conf["state_dir"],
+                    self.state_dir,
+                )
                 conf["state_dir"] = self.state_dir
             done = threading.Event()
             self.submit(("reload", conf, done))
@@ -383,15 +466,20 @@ class Daemon:
             "spool_error": self.spool_error,
             "sender_error": self.sender.last_error,
             "template_errors": self._renderer.errors if self._renderer is not None else [],
-            "sources": [{"name": n, "last_check": s.last_check, "last_error": s.last_error}
-                        for n, s in sorted(self.sources.by_name.items())],
+            "sources": [
+                {"name": n, "last_check": s.last_check, "last_error": s.last_error}
+                for n, s in sorted(self.sources.by_name.items())
+            ],
         }
 
     # -- lifecycle ------------------------------------------------------------------------------
     def healthy(self) -> bool:
         """For the systemd watchdog: every worker alive and the core turning."""
-        core_ok = self._core_thread is not None and self._core_thread.is_alive() and \
-            time.monotonic() - self._core_beat < 3 * INBOX_EVERY
+        core_ok = (
+            self._core_thread is not None
+            and self._core_thread.is_alive()
+            and time.monotonic() - self._core_beat < 3 * INBOX_EVERY
+        )
         return core_ok and self.sender.healthy() and self.sources.alive() and self.control.alive()
 
     def run(self) -> int:
@@ -411,7 +499,12 @@ class Daemon:
         pinger = WatchdogPinger(self.notify, self.healthy)
         pinger.start()
         self.notify.ready()
-        log.info("notifier %s running: %d source(s), state in %s", _version(), len(self.sources.by_name), self.state_dir)
+        log.info(
+            "notifier %s running: %d source(s), state in %s",
+            _version(),
+            len(self.sources.by_name),
+            self.state_dir,
+        )
         try:
             while True:
                 sig = signal.sigwait(signals)
@@ -433,7 +526,10 @@ class Daemon:
             self._core_thread.join(timeout=10)
         self.sender.stop(grace=5.0)
         self.control.stop()
-        log.info("stopped; %d mail(s) left in the outbox for next time", self.spool.outbox_stats()["depth"])
+        log.info(
+            "stopped; %d mail(s) left in the outbox for next time",
+            self.spool.outbox_stats()["depth"],
+        )
         self.spool.close()
 
 

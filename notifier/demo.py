@@ -55,16 +55,22 @@ def _say(text: str) -> None:
 
 
 def _notifier(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "notifier", *args, "-c", str(config)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "notifier", *args, "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _wait(catcher: object, n: int, timeout: float, what: str) -> None:
     try:
         catcher.wait_for(n, timeout=timeout)  # type: ignore[attr-defined]
     except Exception:
-        raise SystemExit(f"demo: {what}: expected {n} mail(s) within {timeout:.0f}s, the catcher has "
-                         f"{len(catcher.messages)}; see the daemon's log above") from None  # type: ignore[attr-defined]
+        raise SystemExit(
+            f"demo: {what}: expected {n} mail(s) within {timeout:.0f}s, the catcher has "
+            f"{len(catcher.messages)}; see the daemon's log above"
+        ) from None  # type: ignore[attr-defined]
 
 
 def run_demo(directory: str | None = None, *, verbose: bool = False) -> int:
@@ -85,22 +91,29 @@ def run_demo(directory: str | None = None, *, verbose: bool = False) -> int:
         config = base / "config.yaml"
         config.write_text(DEMO_CONFIG.format(dir=base, port=catcher.port, ca_file=catcher.ca_file))
         os.chmod(config, 0o600)
-        _say(f"notifier demo: a local SMTP server with TLS and AUTH is listening on "
-             f"localhost:{catcher.port}")
+        _say(
+            f"notifier demo: a local SMTP server with TLS and AUTH is listening on "
+            f"localhost:{catcher.port}"
+        )
         check = _notifier(config, "check")
         if check.returncode != 0:
             print(check.stdout + check.stderr, file=sys.stderr)
             return 1
         log_path = base / "daemon.log"
         with open(log_path, "w") as daemon_log:
-            daemon = subprocess.Popen([sys.executable, "-m", "notifier", "run", "-c", str(config)]
-                                      + (["-v"] if verbose else []),
-                                      stdout=daemon_log, stderr=subprocess.STDOUT)
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "notifier", "run", "-c", str(config)]
+                + (["-v"] if verbose else []),
+                stdout=daemon_log,
+                stderr=subprocess.STDOUT,
+            )
         try:
             deadline = time.monotonic() + 20
             while True:
                 try:
-                    if request(socket_path(str(base / "state")), {"op": "ping"}, timeout=2).get("ok"):
+                    if request(socket_path(str(base / "state")), {"op": "ping"}, timeout=2).get(
+                        "ok"
+                    ):
                         break
                 except OSError:
                     pass
@@ -110,32 +123,88 @@ def run_demo(directory: str | None = None, *, verbose: bool = False) -> int:
                 time.sleep(0.05)
             _say(f"notifier demo: the daemon runs (pid {daemon.pid}), config {config}\n")
 
-            _say("1. a script reports an event:  notifier send --severity critical --subject 'UPS on battery'")
-            _notifier(config, "send", "--severity", "critical", "--subject", "UPS ups01 on battery",
-                      "--source", "nut", "--key", "ups01", "--body", "Input power lost at 14:02.")
+            _say(
+                "1. a script reports an event:  notifier send --severity critical --subject 'UPS on battery'"
+            )
+            _notifier(
+                config,
+                "send",
+                "--severity",
+                "critical",
+                "--subject",
+                "UPS ups01 on battery",
+                "--source",
+                "nut",
+                "--key",
+                "ups01",
+                "--body",
+                "Input power lost at 14:02.",
+            )
             _wait(catcher, 1, 20, "the send")
 
             _say("2. 40 failed SSH logins from two addresses land in auth.log within a second")
             with open(base / "auth.log", "a") as f:
                 for i in range(40):
                     ip = "203.0.113.7" if i % 8 else "198.51.100.23"
-                    f.write(f"Dec  3 14:02:{i:02d} nas sshd[{900 + i}]: Failed password for root "
-                            f"from {ip} port {40000 + i} ssh2\n")
+                    f.write(
+                        f"Dec  3 14:02:{i:02d} nas sshd[{900 + i}]: Failed password for root "
+                        f"from {ip} port {40000 + i} ssh2\n"
+                    )
             _wait(catcher, 2, 20, "the log burst")
 
             _say("3. a disk fills up, then is cleaned up: a problem and its resolution, one thread")
-            _notifier(config, "send", "--severity", "warning", "--subject", "/srv is 85% full",
-                      "--source", "disk", "--check", "usage", "--key", "/srv", "--state", "problem")
+            _notifier(
+                config,
+                "send",
+                "--severity",
+                "warning",
+                "--subject",
+                "/srv is 85% full",
+                "--source",
+                "disk",
+                "--check",
+                "usage",
+                "--key",
+                "/srv",
+                "--state",
+                "problem",
+            )
             _wait(catcher, 3, 20, "the problem")
-            _notifier(config, "send", "--severity", "info", "--subject", "/srv is 61% full",
-                      "--source", "disk", "--check", "usage", "--key", "/srv", "--state", "resolved")
+            _notifier(
+                config,
+                "send",
+                "--severity",
+                "info",
+                "--subject",
+                "/srv is 61% full",
+                "--source",
+                "disk",
+                "--check",
+                "usage",
+                "--key",
+                "/srv",
+                "--state",
+                "resolved",
+            )
             _wait(catcher, 4, 20, "the resolution")
 
-            _say("4. a storm: the rate limit (burst 4, then one mail per 10 s) folds the rest into a digest")
+            _say(
+                "4. a storm: the rate limit (burst 4, then one mail per 10 s) folds the rest into a digest"
+            )
             for _round in range(3):
                 for k in range(5):
-                    _notifier(config, "send", "--severity", "warning", "--subject",
-                              f"backup job {k} failed", "--source", "cron", "--key", f"job{k}")
+                    _notifier(
+                        config,
+                        "send",
+                        "--severity",
+                        "warning",
+                        "--subject",
+                        f"backup job {k} failed",
+                        "--source",
+                        "cron",
+                        "--key",
+                        f"job{k}",
+                    )
                 time.sleep(1.2)  # paced like a real storm: each burst its own group
             _wait(catcher, 5, 30, "the digest")
             status = _notifier(config, "status")
@@ -156,5 +225,7 @@ def run_demo(directory: str | None = None, *, verbose: bool = False) -> int:
             _say(textwrap.indent(burst.get_body(("plain",)).get_content().strip(), "  | "))
         _say("\n`notifier status`:\n" + textwrap.indent(status.stdout.strip(), "  "))
         _say(f"\nThe mails are in {maildir} as .eml files; the daemon's log is {log_path}.")
-        _say("Next: copy config.yaml.example to /etc/notifier/config.yaml, run `notifier test-email`.")
+        _say(
+            "Next: copy config.yaml.example to /etc/notifier/config.yaml, run `notifier test-email`."
+        )
     return 0

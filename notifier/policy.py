@@ -186,8 +186,12 @@ class Policy:
     `bucket` after each call, in the same transaction as the mails it produced.
     """
 
-    def __init__(self, settings: PolicySettings, now: float,
-                 new_message_id: Callable[[], str] = lambda: "<unset@notifier>") -> None:
+    def __init__(
+        self,
+        settings: PolicySettings,
+        now: float,
+        new_message_id: Callable[[], str] = lambda: "<unset@notifier>",
+    ) -> None:
         self.settings = settings
         self.new_message_id = new_message_id
         self.alerts: dict[Identity, Alert] = {}
@@ -201,7 +205,9 @@ class Policy:
         self._open: set[Identity] = set()
 
     # -- restoring from the spool ------------------------------------------
-    def restore(self, alerts: list[Alert], pending: list[Item], meta: dict[str, Any], now: float) -> None:
+    def restore(
+        self, alerts: list[Alert], pending: list[Item], meta: dict[str, Any], now: float
+    ) -> None:
         for a in alerts:
             if a.last_notified is not None and a.last_notified > now:
                 # The wall clock was stepped back while we were stopped: waiting until this
@@ -274,9 +280,21 @@ class Policy:
             item.severity = max(item.severity, int(event.severity))
             self.dirty_pending.add(ident)
         else:
-            self._queue(Item(*ident, HAPPENED, int(event.severity), event.summary,
-                             dict(event.details), event.count, first, when, host=event.host,
-                             last_summary=event.summary), now)
+            self._queue(
+                Item(
+                    *ident,
+                    HAPPENED,
+                    int(event.severity),
+                    event.summary,
+                    dict(event.details),
+                    event.count,
+                    first,
+                    when,
+                    host=event.host,
+                    last_summary=event.summary,
+                ),
+                now,
+            )
         if ident == event.identity:
             alert = self._alert(event)
             alert.last_seen = when
@@ -309,9 +327,24 @@ class Policy:
         alert.summary = event.summary
         alert.details = dict(event.details)
         alert.last_seen = when
-        self._queue(Item(event.source, event.check, event.key, NEW, int(event.severity), event.summary,
-                         dict(event.details), 1, when, when, since=alert.since,
-                         previous_severity=previous, host=event.host), now)
+        self._queue(
+            Item(
+                event.source,
+                event.check,
+                event.key,
+                NEW,
+                int(event.severity),
+                event.summary,
+                dict(event.details),
+                1,
+                when,
+                when,
+                since=alert.since,
+                previous_severity=previous,
+                host=event.host,
+            ),
+            now,
+        )
 
     def _resolved(self, event: Event, when: float, now: float) -> None:
         ident = event.identity
@@ -332,9 +365,24 @@ class Policy:
             if pending is not None:
                 self._unqueue(ident)
             return
-        self._queue(Item(event.source, event.check, event.key, CLEARED, int(Severity.INFO),
-                         event.summary, dict(event.details), 1, when, when, since=alert.since,
-                         previous_severity=alert.severity, host=event.host), now)
+        self._queue(
+            Item(
+                event.source,
+                event.check,
+                event.key,
+                CLEARED,
+                int(Severity.INFO),
+                event.summary,
+                dict(event.details),
+                1,
+                when,
+                when,
+                since=alert.since,
+                previous_severity=alert.severity,
+                host=event.host,
+            ),
+            now,
+        )
 
     def _unqueue(self, ident: Identity) -> None:
         self.pending.pop(ident, None)
@@ -351,9 +399,22 @@ class Policy:
             if ident in self.pending or alert.last_notified is None:
                 continue
             if now - alert.last_notified >= interval:
-                self._queue(Item(alert.source, alert.check, alert.key, REMINDER, alert.severity,
-                                 alert.summary, dict(alert.details), 1, alert.since, now,
-                                 since=alert.since), now)
+                self._queue(
+                    Item(
+                        alert.source,
+                        alert.check,
+                        alert.key,
+                        REMINDER,
+                        alert.severity,
+                        alert.summary,
+                        dict(alert.details),
+                        1,
+                        alert.since,
+                        now,
+                        since=alert.since,
+                    ),
+                    now,
+                )
 
     def next_deadline(self, now: float) -> float | None:
         """The next moment `tick` has something to do; None when nothing is waiting."""
@@ -383,8 +444,13 @@ class Policy:
             return []
         items = sorted(self.pending.values(), key=lambda i: (-i.severity, i.first))
         kind = "digest" if self.held_since is not None else "alert"
-        mail = Mail(kind=kind, items=items, created=now, message_id=self.new_message_id(),
-                    held_since=self.held_since)
+        mail = Mail(
+            kind=kind,
+            items=items,
+            created=now,
+            message_id=self.new_message_id(),
+            held_since=self.held_since,
+        )
         if len(items) == 1:
             alert = self.alerts.get(items[0].identity)
             if alert is not None and alert.thread_id:
@@ -409,8 +475,11 @@ class Policy:
     def forget_old(self, now: float, older_than: float = 7 * 86400) -> list[Identity]:
         """Drop closed alerts not seen for a week, so the table follows what is current."""
         gone = [
-            ident for ident, a in self.alerts.items()
-            if not a.open and ident not in self.pending and now - max(a.last_seen, a.last_notified or 0) > older_than
+            ident
+            for ident, a in self.alerts.items()
+            if not a.open
+            and ident not in self.pending
+            and now - max(a.last_seen, a.last_notified or 0) > older_than
         ]
         for ident in gone:
             del self.alerts[ident]

@@ -103,7 +103,9 @@ class Int(Field):
             raise ValueError(f"must be a whole number, got {_describe(value)}")
         lo = self.min if self.min is not None else "…"
         hi = self.max if self.max is not None else "…"
-        if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+        if (self.min is not None and value < self.min) or (
+            self.max is not None and value > self.max
+        ):
             raise ValueError(f"must be {lo}..{hi}, got {value}")
         return value
 

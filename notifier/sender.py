@@ -33,8 +33,14 @@ def backoff(attempts: int, cap: float, rng: Callable[[], float] = random.random)
 class Sender:
     """Delivers ready outbox rows; `wake()` after adding some."""
 
-    def __init__(self, state_dir: str, settings: SmtpSettings, password: Callable[[], str | None],
-                 clock: Callable[[], float], retry_max: float) -> None:
+    def __init__(
+        self,
+        state_dir: str,
+        settings: SmtpSettings,
+        password: Callable[[], str | None],
+        clock: Callable[[], float],
+        retry_max: float,
+    ) -> None:
         self.state_dir = state_dir
         self.settings = settings
         self.password = password
@@ -83,8 +89,11 @@ class Sender:
         if self._thread:
             self._thread.join(timeout=grace)
         if self._memory:
-            log.error("%d mail(s) held in memory (the spool was unwritable) were not sent: %s",
-                      len(self._memory), "; ".join(r.summary for r in self._memory))
+            log.error(
+                "%d mail(s) held in memory (the spool was unwritable) were not sent: %s",
+                len(self._memory),
+                "; ".join(r.summary for r in self._memory),
+            )
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -126,7 +135,9 @@ class Sender:
             return [], self.clock() + 5.0  # look again soon
         with self._lock:
             memory = list(self._memory)
-            times = [max(t, self._not_before.get(i, 0.0)) for i, t in stored if i not in self._unrecorded]
+            times = [
+                max(t, self._not_before.get(i, 0.0)) for i, t in stored if i not in self._unrecorded
+            ]
         times += [row.next_attempt for row in memory]
         if not times:
             return [], None
@@ -148,7 +159,9 @@ class Sender:
                 return  # still unwritable; the rows stay out of every session meanwhile
             del self._unrecorded[row_id]
             self._not_before.pop(row_id, None)
-            log.info("recorded the delivery of mail %d now that the spool is writable again", row_id)
+            log.info(
+                "recorded the delivery of mail %d now that the spool is writable again", row_id
+            )
 
     def _session(self, spool: Spool, rows: list[OutboxRow]) -> None:
         done: set[int] = set()
@@ -168,30 +181,58 @@ class Sender:
                     spool.mark_delivered(row, now, outcome.reply, outcome.refused)
                     self.delivered_total += 1
                     self.last_delivery = time.time()
-                    refused = f"; refused: {', '.join(f'{r} ({why})' for r, why in outcome.refused.items())}" if outcome.refused else ""
-                    log.info("delivered mail %d %r to %s: %s%s", row.id, row.summary,
-                             ", ".join(r for r in row.rcpts if r not in outcome.refused), outcome.reply, refused)
+                    refused = (
+                        f"; refused: {', '.join(f'{r} ({why})' for r, why in outcome.refused.items())}"
+                        if outcome.refused
+                        else ""
+                    )
+                    log.info(
+                        "delivered mail %d %r to %s: %s%s",
+                        row.id,
+                        row.summary,
+                        ", ".join(r for r in row.rcpts if r not in outcome.refused),
+                        outcome.reply,
+                        refused,
+                    )
                     if outcome.refused:
                         self.last_error = f"recipients refused: {', '.join(outcome.refused)}"
                     if outcome.deferred:
                         # Those recipients still need it: a copy waits in the outbox for them.
                         # events=0: its events are already counted by the delivered original.
                         why = "; ".join(f"{r}: {e}" for r, e in outcome.deferred.items())
-                        spool.requeue_for(row, list(outcome.deferred),
-                                          now + backoff(row.attempts, self.retry_max), why)
+                        spool.requeue_for(
+                            row,
+                            list(outcome.deferred),
+                            now + backoff(row.attempts, self.retry_max),
+                            why,
+                        )
                         log.warning("mail %d deferred for %s; kept for a retry", row.id, why)
                 else:
                     error = outcome.permanent_error or outcome.reply
                     spool.mark_failed(row, now, error)
                     self.last_error = error
-                    log.error("mail %d %r refused permanently, not retried: %s", row.id, row.summary, error)
+                    log.error(
+                        "mail %d %r refused permanently, not retried: %s",
+                        row.id,
+                        row.summary,
+                        error,
+                    )
             except SpoolError as exc:
                 if outcome.delivered:  # remember it, or it would be sent again
                     self._unrecorded[row.id] = (row, now, outcome.reply, outcome.refused)
-                log.error("mail %d: the spool cannot record the outcome (kept in memory): %s", row.id, exc)
+                log.error(
+                    "mail %d: the spool cannot record the outcome (kept in memory): %s", row.id, exc
+                )
 
-        envelopes = [Envelope(mail_from=parseaddr(r.mail_from)[1] or r.mail_from, rcpt_to=r.rcpts,
-                              data=r.data, ref=r.id) for r in rows]
+        envelopes = [
+            Envelope(
+                mail_from=parseaddr(r.mail_from)[1] or r.mail_from,
+                rcpt_to=r.rcpts,
+                data=r.data,
+                ref=r.id,
+            )
+            for r in rows
+        ]
         self.busy_since = time.monotonic()
         try:
             deliver(self.settings, self.password(), envelopes, on_outcome)
@@ -210,13 +251,19 @@ class Sender:
         with self._lock:
             self._memory.remove(row)
             if outcome.delivered and outcome.deferred:
-                row.rcpts, row.next_attempt = list(outcome.deferred), now + backoff(row.attempts, self.retry_max)
+                row.rcpts, row.next_attempt = (
+                    list(outcome.deferred),
+                    now + backoff(row.attempts, self.retry_max),
+                )
                 self._memory.append(row)
         if outcome.delivered:
             self.delivered_total += 1
             self.last_delivery = time.time()
-            log.info("delivered mail %r (held in memory: the spool is unwritable): %s",
-                     row.summary, outcome.reply)
+            log.info(
+                "delivered mail %r (held in memory: the spool is unwritable): %s",
+                row.summary,
+                outcome.reply,
+            )
         else:
             self.last_error = outcome.permanent_error or outcome.reply
             log.error("mail %r refused permanently, not retried: %s", row.summary, self.last_error)
@@ -229,8 +276,13 @@ class Sender:
         # fault: keep it, but only try again at the cap, or at once after a reload.
         delay = backoff(attempts, self.retry_max) if transient else self.retry_max
         self.last_error = reason
-        log.warning("delivery failed (%s), %d mail(s) kept in the outbox; next try in %.0fs: %s",
-                    "transient" if transient else "needs attention", len(rows), delay, reason)
+        log.warning(
+            "delivery failed (%s), %d mail(s) kept in the outbox; next try in %.0fs: %s",
+            "transient" if transient else "needs attention",
+            len(rows),
+            delay,
+            reason,
+        )
         when = self.clock() + delay
         with self._lock:
             for row in rows:

@@ -63,13 +63,16 @@ class SourceSet:
             if new is None or new.identity_of_config() != src.identity_of_config():
                 self._stop(src)
                 del self.by_name[name]
-                log.info("source %s %s", name, "removed" if new is None else "changed, restarting it")
+                log.info(
+                    "source %s %s", name, "removed" if new is None else "changed, restarting it"
+                )
         for name, src in wanted.items():
             if name not in self.by_name:
                 self.by_name[name] = src
                 self._start(src)
-        self._sweep_after = {n: s.completed_runs for n, s in self.by_name.items()
-                             if isinstance(s, PeriodicSource)}
+        self._sweep_after = {
+            n: s.completed_runs for n, s in self.by_name.items() if isinstance(s, PeriodicSource)
+        }
 
     def start(self) -> None:
         self.scheduler.start()
@@ -110,7 +113,8 @@ class SourceSet:
                 gone = alert.key not in self.by_name
             elif alert.source in known:
                 gone = alert.source not in configured or (
-                    alert.source in periodic_keys and alert.identity not in reported)
+                    alert.source in periodic_keys and alert.identity not in reported
+                )
             else:
                 gone = False
             if gone:

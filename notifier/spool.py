@@ -94,9 +94,12 @@ class Spool:
         self.path = self.dir / "spool.db"
         if readonly:
             if not self.path.exists():
-                raise SpoolError(f"no spool at {self.path}: the daemon has not run with this state_dir yet")
-            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10,
-                                      check_same_thread=False)
+                raise SpoolError(
+                    f"no spool at {self.path}: the daemon has not run with this state_dir yet"
+                )
+            self.db = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, timeout=10, check_same_thread=False
+            )
         else:
             self._prepare_dir()
             self.db = self._open()
@@ -108,7 +111,9 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"cannot create state_dir {self.dir}: {exc.strerror}") from None
         if not os.access(self.dir, os.W_OK | os.X_OK):
-            raise SpoolError(f"state_dir {self.dir} is not writable by this user (uid {os.getuid()})")
+            raise SpoolError(
+                f"state_dir {self.dir} is not writable by this user (uid {os.getuid()})"
+            )
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -120,7 +125,8 @@ class Spool:
             return db
         except (_Damaged, sqlite3.DatabaseError) as exc:
             damaged = isinstance(exc, _Damaged) or any(
-                word in str(exc) for word in ("not a database", "malformed", "corrupt"))
+                word in str(exc) for word in ("not a database", "malformed", "corrupt")
+            )
             if not damaged:
                 raise SpoolError(f"cannot open {self.path}: {exc}") from None
             aside = self.path.with_name(f"spool.db.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
@@ -128,9 +134,13 @@ class Spool:
                 src = Path(str(self.path) + suffix)
                 if src.exists():
                     shutil.move(str(src), str(aside) + suffix)
-            log.error("spool %s is damaged (%s); moved it aside to %s and started a new one. "
-                      "Alert states and unsent mail in it are not used; inspect it with sqlite3.",
-                      self.path, exc, aside)
+            log.error(
+                "spool %s is damaged (%s); moved it aside to %s and started a new one. "
+                "Alert states and unsent mail in it are not used; inspect it with sqlite3.",
+                self.path,
+                exc,
+                aside,
+            )
             return self._connect()
 
     def _connect(self) -> sqlite3.Connection:
@@ -175,10 +185,14 @@ class Spool:
 
     # -- policy state --------------------------------------------------------
     def load_alerts(self) -> list[Alert]:
-        return [Alert.from_dict(json.loads(r[0])) for r in self.db.execute("SELECT data FROM alerts")]
+        return [
+            Alert.from_dict(json.loads(r[0])) for r in self.db.execute("SELECT data FROM alerts")
+        ]
 
     def load_pending(self) -> list[Item]:
-        return [Item.from_dict(json.loads(r[0])) for r in self.db.execute("SELECT data FROM pending")]
+        return [
+            Item.from_dict(json.loads(r[0])) for r in self.db.execute("SELECT data FROM pending")
+        ]
 
     def save_policy(self, db: sqlite3.Connection, policy: Any) -> None:
         """Write what changed in the policy since the last save."""
@@ -187,15 +201,19 @@ class Spool:
             if alert is None:
                 db.execute("DELETE FROM alerts WHERE ident = ?", (_ident(ident),))
             else:
-                db.execute("INSERT OR REPLACE INTO alerts (ident, data) VALUES (?, ?)",
-                           (_ident(ident), json.dumps(alert.to_dict(), ensure_ascii=False)))
+                db.execute(
+                    "INSERT OR REPLACE INTO alerts (ident, data) VALUES (?, ?)",
+                    (_ident(ident), json.dumps(alert.to_dict(), ensure_ascii=False)),
+                )
         for ident in policy.removed_pending:
             db.execute("DELETE FROM pending WHERE ident = ?", (_ident(ident),))
         for ident in policy.dirty_pending:
             item = policy.pending.get(ident)
             if item is not None:
-                db.execute("INSERT OR REPLACE INTO pending (ident, data) VALUES (?, ?)",
-                           (_ident(ident), json.dumps(item.to_dict(), ensure_ascii=False)))
+                db.execute(
+                    "INSERT OR REPLACE INTO pending (ident, data) VALUES (?, ?)",
+                    (_ident(ident), json.dumps(item.to_dict(), ensure_ascii=False)),
+                )
         self.set_meta(db, "policy", policy.meta())
 
     def forget_alerts(self, db: sqlite3.Connection, idents: Iterable[Identity]) -> None:
@@ -206,13 +224,17 @@ class Spool:
         return {r[0]: json.loads(r[1]) for r in self.db.execute("SELECT k, v FROM positions")}
 
     def save_positions(self, db: sqlite3.Connection, positions: dict[str, Any]) -> None:
-        db.executemany("INSERT OR REPLACE INTO positions (k, v) VALUES (?, ?)",
-                       [(k, json.dumps(v)) for k, v in positions.items()])
+        db.executemany(
+            "INSERT OR REPLACE INTO positions (k, v) VALUES (?, ?)",
+            [(k, json.dumps(v)) for k, v in positions.items()],
+        )
 
     # -- inbox: events posted by `notifier send` while no daemon ran -----------
     def add_inbox(self, event: dict[str, Any]) -> None:
         with self.transaction() as db:
-            db.execute("INSERT INTO inbox (event) VALUES (?)", (json.dumps(event, ensure_ascii=False),))
+            db.execute(
+                "INSERT INTO inbox (event) VALUES (?)", (json.dumps(event, ensure_ascii=False),)
+            )
 
     def take_inbox(self, db: sqlite3.Connection) -> list[dict[str, Any]]:
         rows = db.execute("SELECT id, event FROM inbox ORDER BY id").fetchall()
@@ -229,23 +251,37 @@ class Spool:
     def remember_taken(self, db: sqlite3.Connection, ids: Iterable[str], now: float) -> None:
         """Note event ids as taken, so a `send` that lost the daemon's answer and spooled
         the event again is not counted twice."""
-        db.executemany("INSERT OR IGNORE INTO taken (id, time) VALUES (?, ?)", [(i, now) for i in ids])
+        db.executemany(
+            "INSERT OR IGNORE INTO taken (id, time) VALUES (?, ?)", [(i, now) for i in ids]
+        )
         db.execute("DELETE FROM taken WHERE time < ?", (now - KEEP_TAKEN,))
 
     def was_taken(self, ids: list[str]) -> set[str]:
         found: set[str] = set()
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+            chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in self.db.execute(f"SELECT id FROM taken WHERE id IN ({marks})", chunk))
+            found.update(
+                r[0] for r in self.db.execute(f"SELECT id FROM taken WHERE id IN ({marks})", chunk)
+            )
         return found
 
     def has_inbox(self) -> bool:
         return self.db.execute("SELECT 1 FROM inbox LIMIT 1").fetchone() is not None
 
     # -- outbox ------------------------------------------------------------------
-    def add_outbox(self, db: sqlite3.Connection, *, created: float, message_id: str, mail_from: str,
-                   rcpts: list[str], data: bytes, summary: str, events: int) -> int:
+    def add_outbox(
+        self,
+        db: sqlite3.Connection,
+        *,
+        created: float,
+        message_id: str,
+        mail_from: str,
+        rcpts: list[str],
+        data: bytes,
+        summary: str,
+        events: int,
+    ) -> int:
         cur = db.execute(
             "INSERT INTO outbox (created, message_id, mail_from, rcpts, data, summary, events)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -256,61 +292,114 @@ class Spool:
     def ready(self, now: float, limit: int = 1000) -> list[OutboxRow]:
         """Once any waiting mail is due, every waiting mail, oldest first: the session goes
         ahead anyway, and a new mail must not overtake one that waited out a failure."""
-        if self.db.execute("SELECT 1 FROM outbox WHERE status = 'ready' AND next_attempt <= ? LIMIT 1",
-                           (now,)).fetchone() is None:
+        if (
+            self.db.execute(
+                "SELECT 1 FROM outbox WHERE status = 'ready' AND next_attempt <= ? LIMIT 1", (now,)
+            ).fetchone()
+            is None
+        ):
             return []
-        rows = self.db.execute("SELECT * FROM outbox WHERE status = 'ready' ORDER BY id LIMIT ?",
-                               (limit,)).fetchall()
+        rows = self.db.execute(
+            "SELECT * FROM outbox WHERE status = 'ready' ORDER BY id LIMIT ?", (limit,)
+        ).fetchall()
         return [self._row(r) for r in rows]
 
     def waiting_times(self) -> list[tuple[int, float]]:
         """(id, next attempt) of every mail waiting to be sent, without their contents."""
-        return [(r[0], r[1]) for r in
-                self.db.execute("SELECT id, next_attempt FROM outbox WHERE status = 'ready' ORDER BY id")]
+        return [
+            (r[0], r[1])
+            for r in self.db.execute(
+                "SELECT id, next_attempt FROM outbox WHERE status = 'ready' ORDER BY id"
+            )
+        ]
 
     def next_attempt(self) -> float | None:
-        row = self.db.execute("SELECT MIN(next_attempt) FROM outbox WHERE status = 'ready'").fetchone()
+        row = self.db.execute(
+            "SELECT MIN(next_attempt) FROM outbox WHERE status = 'ready'"
+        ).fetchone()
         return row[0]
 
     @staticmethod
     def _row(r: sqlite3.Row) -> OutboxRow:
-        return OutboxRow(r["id"], r["created"], r["message_id"], r["mail_from"], json.loads(r["rcpts"]),
-                         bytes(r["data"]), r["summary"], r["events"], r["attempts"], r["next_attempt"],
-                         r["last_error"], r["status"])
+        return OutboxRow(
+            r["id"],
+            r["created"],
+            r["message_id"],
+            r["mail_from"],
+            json.loads(r["rcpts"]),
+            bytes(r["data"]),
+            r["summary"],
+            r["events"],
+            r["attempts"],
+            r["next_attempt"],
+            r["last_error"],
+            r["status"],
+        )
 
-    def mark_delivered(self, row: OutboxRow, now: float, reply: str, refused: dict[str, str]) -> None:
+    def mark_delivered(
+        self, row: OutboxRow, now: float, reply: str, refused: dict[str, str]
+    ) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM outbox WHERE id = ?", (row.id,))
             db.execute(
                 "INSERT OR REPLACE INTO delivered (id, message_id, summary, events, created, delivered,"
                 " reply, refused) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (row.id, row.message_id, row.summary, row.events, row.created, now, reply,
-                 json.dumps(refused) if refused else None),
+                (
+                    row.id,
+                    row.message_id,
+                    row.summary,
+                    row.events,
+                    row.created,
+                    now,
+                    reply,
+                    json.dumps(refused) if refused else None,
+                ),
             )
-            db.execute("DELETE FROM delivered WHERE id <= (SELECT MAX(id) FROM delivered) - ?",
-                       (KEEP_DELIVERED,))
-            self.set_meta(db, "last_delivery", {"time": now, "reply": reply, "summary": row.summary})
+            db.execute(
+                "DELETE FROM delivered WHERE id <= (SELECT MAX(id) FROM delivered) - ?",
+                (KEEP_DELIVERED,),
+            )
+            self.set_meta(
+                db, "last_delivery", {"time": now, "reply": reply, "summary": row.summary}
+            )
 
-    def requeue_for(self, row: OutboxRow, rcpts: list[str], next_attempt: float, error: str) -> None:
+    def requeue_for(
+        self, row: OutboxRow, rcpts: list[str], next_attempt: float, error: str
+    ) -> None:
         """A copy of a delivered mail for recipients the server deferred (4xx), tried again later."""
         with self.transaction() as db:
-            new_id = self.add_outbox(db, created=row.created, message_id=row.message_id,
-                                     mail_from=row.mail_from, rcpts=rcpts, data=row.data,
-                                     summary=row.summary, events=0)
-            db.execute("UPDATE outbox SET attempts = ?, next_attempt = ?, last_error = ? WHERE id = ?",
-                       (row.attempts + 1, next_attempt, error, new_id))
+            new_id = self.add_outbox(
+                db,
+                created=row.created,
+                message_id=row.message_id,
+                mail_from=row.mail_from,
+                rcpts=rcpts,
+                data=row.data,
+                summary=row.summary,
+                events=0,
+            )
+            db.execute(
+                "UPDATE outbox SET attempts = ?, next_attempt = ?, last_error = ? WHERE id = ?",
+                (row.attempts + 1, next_attempt, error, new_id),
+            )
 
     def mark_failed(self, row: OutboxRow, now: float, error: str) -> None:
         """A permanent refusal: keep the mail for the admin to see, never retry it in a loop."""
         with self.transaction() as db:
-            db.execute("UPDATE outbox SET status = 'failed', last_error = ?, attempts = attempts + 1"
-                       " WHERE id = ?", (error, row.id))
+            db.execute(
+                "UPDATE outbox SET status = 'failed', last_error = ?, attempts = attempts + 1"
+                " WHERE id = ?",
+                (error, row.id),
+            )
             self.set_meta(db, "last_error", {"time": now, "error": error})
 
     def defer(self, ids: list[int], next_attempt: float, error: str, now: float) -> None:
         with self.transaction() as db:
-            db.executemany("UPDATE outbox SET attempts = attempts + 1, next_attempt = ?, last_error = ?"
-                           " WHERE id = ?", [(next_attempt, error, i) for i in ids])
+            db.executemany(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt = ?, last_error = ?"
+                " WHERE id = ?",
+                [(next_attempt, error, i) for i in ids],
+            )
             self.set_meta(db, "last_error", {"time": now, "error": error})
 
     def retry_now(self) -> None:
@@ -320,19 +409,30 @@ class Spool:
 
     def outbox_stats(self) -> dict[str, Any]:
         ready = self.db.execute(
-            "SELECT COUNT(*), MIN(created), MAX(attempts) FROM outbox WHERE status = 'ready'").fetchone()
+            "SELECT COUNT(*), MIN(created), MAX(attempts) FROM outbox WHERE status = 'ready'"
+        ).fetchone()
         failed = self.db.execute("SELECT COUNT(*) FROM outbox WHERE status = 'failed'").fetchone()
-        return {"depth": ready[0], "oldest": ready[1], "max_attempts": ready[2] or 0,
-                "failed": failed[0]}
+        return {
+            "depth": ready[0],
+            "oldest": ready[1],
+            "max_attempts": ready[2] or 0,
+            "failed": failed[0],
+        }
 
     def delivered_since(self, since_id: int = 0) -> list[sqlite3.Row]:
-        return self.db.execute("SELECT * FROM delivered WHERE id > ? ORDER BY id", (since_id,)).fetchall()
+        return self.db.execute(
+            "SELECT * FROM delivered WHERE id > ? ORDER BY id", (since_id,)
+        ).fetchall()
 
     # -- sources' health, for status -----------------------------------------------
-    def save_source_health(self, db: sqlite3.Connection, health: dict[str, tuple[float | None, str | None]]) -> None:
+    def save_source_health(
+        self, db: sqlite3.Connection, health: dict[str, tuple[float | None, str | None]]
+    ) -> None:
         db.execute("DELETE FROM sources")
-        db.executemany("INSERT INTO sources (name, last_check, last_error) VALUES (?, ?, ?)",
-                       [(n, c, e) for n, (c, e) in health.items()])
+        db.executemany(
+            "INSERT INTO sources (name, last_check, last_error) VALUES (?, ?, ?)",
+            [(n, c, e) for n, (c, e) in health.items()],
+        )
 
     def source_health(self) -> list[sqlite3.Row]:
         return self.db.execute("SELECT * FROM sources ORDER BY name").fetchall()

@@ -23,8 +23,15 @@ def collect_status(spool: Spool, live: dict[str, Any] | None = None) -> dict[str
     status: dict[str, Any] = {
         "running": False,
         "active_alerts": [
-            {"source": a.source, "check": a.check, "key": a.key, "severity": str(Severity(a.severity)),
-             "summary": a.summary, "since": a.since, "last_notified": a.last_notified}
+            {
+                "source": a.source,
+                "check": a.check,
+                "key": a.key,
+                "severity": str(Severity(a.severity)),
+                "summary": a.summary,
+                "since": a.since,
+                "last_notified": a.last_notified,
+            }
             for a in alerts
         ],
         "pending": {"identities": len(pending), "events": sum(i.count for i in pending)},
@@ -33,12 +40,16 @@ def collect_status(spool: Spool, live: dict[str, Any] | None = None) -> dict[str
             "oldest_age": (now - outbox["oldest"]) if outbox["oldest"] else None,
             "attempts": outbox["max_attempts"],
             "failed": outbox["failed"],
-            "failed_recent": [{"id": r["id"], "summary": r["summary"], "error": r["last_error"]} for r in failed],
+            "failed_recent": [
+                {"id": r["id"], "summary": r["summary"], "error": r["last_error"]} for r in failed
+            ],
         },
         "last_delivery": spool.get_meta("last_delivery"),
         "last_error": spool.get_meta("last_error"),
-        "sources": [{"name": r["name"], "last_check": r["last_check"], "last_error": r["last_error"]}
-                    for r in spool.source_health()],
+        "sources": [
+            {"name": r["name"], "last_check": r["last_check"], "last_error": r["last_error"]}
+            for r in spool.source_health()
+        ],
     }
     if live:
         status.update({k: v for k, v in live.items() if k != "sources"})
@@ -62,20 +73,32 @@ def format_status(s: dict[str, Any]) -> str:
     alerts = s["active_alerts"]
     lines.append(f"\nActive alerts: {len(alerts)}")
     for a in alerts:
-        lines.append(f"  {a['severity'].upper():8} {a['summary']}  [{a['source']}/{a['check']}/{a['key']}] "
-                     f"since {_ago(a['since'])}, last mailed {_ago(a['last_notified'])}")
+        lines.append(
+            f"  {a['severity'].upper():8} {a['summary']}  [{a['source']}/{a['check']}/{a['key']}] "
+            f"since {_ago(a['since'])}, last mailed {_ago(a['last_notified'])}"
+        )
     p = s["pending"]
     if p["identities"]:
-        lines.append(f"\nWaiting to be mailed: {p['events']} event(s) in {p['identities']} alert(s)")
+        lines.append(
+            f"\nWaiting to be mailed: {p['events']} event(s) in {p['identities']} alert(s)"
+        )
     o = s["outbox"]
-    lines.append(f"\nOutbox: {o['depth']} mail(s)" + (
-        f", oldest {format_duration(o['oldest_age'])} old, {o['attempts']} attempt(s)" if o["depth"] else ""))
+    lines.append(
+        f"\nOutbox: {o['depth']} mail(s)"
+        + (
+            f", oldest {format_duration(o['oldest_age'])} old, {o['attempts']} attempt(s)"
+            if o["depth"]
+            else ""
+        )
+    )
     if o["failed"]:
         lines.append(f"  {o['failed']} mail(s) refused permanently (not retried):")
         for f in o["failed_recent"]:
             lines.append(f"    #{f['id']} {f['summary']}: {f['error']}")
     d = s.get("last_delivery")
-    lines.append("Last delivery: " + (f"{_ago(d['time'])}: {d['summary']} ({d['reply']})" if d else "never"))
+    lines.append(
+        "Last delivery: " + (f"{_ago(d['time'])}: {d['summary']} ({d['reply']})" if d else "never")
+    )
     e = s.get("last_error")
     if e:
         lines.append(f"Last SMTP error: {_ago(e['time'])}: {e['error']}")

@@ -37,12 +37,24 @@ def notifier_cmd() -> list[str]:
     return [sys.executable, "-m", "notifier"]
 
 
-def run_cli(*args: str, input: str | None = None, env: dict[str, str] | None = None,
-            timeout: float = 60, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    cwd: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
     full_env.setdefault("PYTHONPATH", str(REPO))
-    return subprocess.run([*notifier_cmd(), *args], capture_output=True, text=True, input=input,
-                          env=full_env, timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [*notifier_cmd(), *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        env=full_env,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 def smtp_section(catcher: Any, **over: Any) -> dict[str, Any]:
@@ -63,8 +75,12 @@ def smtp_section(catcher: Any, **over: Any) -> dict[str, Any]:
 
 
 def write_config(path: Path, smtp: dict[str, Any], state_dir: Path, **top: Any) -> Path:
-    conf = {"host_label": "nas01", "state_dir": str(state_dir), "smtp": smtp,
-            "policy": {"group_wait": "0s", "retry_max": "2s"}}
+    conf = {
+        "host_label": "nas01",
+        "state_dir": str(state_dir),
+        "smtp": smtp,
+        "policy": {"group_wait": "0s", "retry_max": "2s"},
+    }
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(conf.get(key), dict):
             conf[key] = {**conf[key], **value}
@@ -78,21 +94,33 @@ def write_config(path: Path, smtp: dict[str, Any], state_dir: Path, **top: Any) 
 class DaemonProcess:
     """`notifier run` as a real subprocess, its log in a file."""
 
-    def __init__(self, config: Path, state_dir: Path, log_path: Path, env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        config: Path,
+        state_dir: Path,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.config, self.state_dir, self.log_path = config, state_dir, log_path
         full_env = {**os.environ, **(env or {})}
         full_env.setdefault("PYTHONPATH", str(REPO))
         self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen([*notifier_cmd(), "run", "-c", str(config), *args],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
+        self.proc = subprocess.Popen(
+            [*notifier_cmd(), "run", "-c", str(config), *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
 
     def wait_ready(self, timeout: float = 20) -> DaemonProcess:
         def up() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                return bool(request(socket_path(str(self.state_dir)), {"op": "ping"}, timeout=1).get("ok"))
+                return bool(
+                    request(socket_path(str(self.state_dir)), {"op": "ping"}, timeout=1).get("ok")
+                )
             except OSError:
                 return False
 

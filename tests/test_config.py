@@ -43,7 +43,9 @@ def test_the_example_config_is_valid():
 def test_the_example_config_documents_every_option():
     text = (REPO / "config.yaml.example").read_text()
     documented = set(re.findall(r"^[ \t]*(?:#[ \t]*)?(?:-[ \t]+)?([a-z_]+):", text, re.M))
-    missing = sorted(f"{p}.{n}" if p else n for p, n in option_names(top_schema()) if n not in documented)
+    missing = sorted(
+        f"{p}.{n}" if p else n for p, n in option_names(top_schema()) if n not in documented
+    )
     assert not missing, f"config.yaml.example does not mention: {', '.join(missing)}"
     for name in sources.names():
         assert re.search(rf"^  {name}:", text, re.M), f"no example of sources.{name}"
@@ -89,10 +91,14 @@ def test_unknown_keys_suggest_the_nearest_and_password_is_refused_with_direction
 
 
 def test_security_none_only_to_loopback_and_never_with_a_password():
-    lines = problems("smtp: {host: mail.example.com, security: none, username: u, from: a@example.com, to: [b@example.com]}\n")
+    lines = problems(
+        "smtp: {host: mail.example.com, security: none, username: u, from: a@example.com, to: [b@example.com]}\n"
+    )
     assert any("smtp.host: security: none sends mail in clear" in line for line in lines)
     assert any("smtp.username: security: none never sends a password" in line for line in lines)
-    conf = parse_config("smtp: {host: 127.0.0.1, security: none, from: a@example.com, to: [b@example.com]}\n")
+    conf = parse_config(
+        "smtp: {host: 127.0.0.1, security: none, from: a@example.com, to: [b@example.com]}\n"
+    )
     assert conf["smtp"]["port"] == 25
 
 

@@ -26,9 +26,11 @@ def setup(tmp_path, catcher):
     pw.write_text(PASSWORD + "\n")
     os.chmod(pw, 0o600)
     state = tmp_path / "state"
-    config = write_config(tmp_path / "config.yaml",
-                          smtp_section(catcher, username="alerts@example.com", password_file=str(pw)),
-                          state)
+    config = write_config(
+        tmp_path / "config.yaml",
+        smtp_section(catcher, username="alerts@example.com", password_file=str(pw)),
+        state,
+    )
     return config, state
 
 
@@ -48,8 +50,19 @@ def send(config, *args):
 
 def test_send_through_the_daemon_arrives_as_a_proper_mail(daemon, catcher, setup):
     config, _ = setup
-    send(config, "--severity", "critical", "--subject", "UPS on battery", "--body", "power lost",
-         "--source", "nut", "--key", "ups01")
+    send(
+        config,
+        "--severity",
+        "critical",
+        "--subject",
+        "UPS on battery",
+        "--body",
+        "power lost",
+        "--source",
+        "nut",
+        "--key",
+        "ups01",
+    )
     (m,) = catcher.wait_for(1)
     msg = m.message
     assert m.tls and m.tls_active_at_auth and m.auth_user == "alerts@example.com"
@@ -68,10 +81,37 @@ def test_send_through_the_daemon_arrives_as_a_proper_mail(daemon, catcher, setup
 def test_problem_and_resolved_share_a_thread(daemon, catcher, setup):
     config, _ = setup
     common = ("--source", "disk", "--check", "usage", "--key", "/srv")
-    send(config, "--severity", "warning", "--subject", "/srv is 85% full", "--state", "problem", *common)
+    send(
+        config,
+        "--severity",
+        "warning",
+        "--subject",
+        "/srv is 85% full",
+        "--state",
+        "problem",
+        *common,
+    )
     catcher.wait_for(1)
-    send(config, "--severity", "warning", "--subject", "/srv is 86% full", "--state", "problem", *common)
-    send(config, "--severity", "info", "--subject", "/srv is 60% full", "--state", "resolved", *common)
+    send(
+        config,
+        "--severity",
+        "warning",
+        "--subject",
+        "/srv is 86% full",
+        "--state",
+        "problem",
+        *common,
+    )
+    send(
+        config,
+        "--severity",
+        "info",
+        "--subject",
+        "/srv is 60% full",
+        "--state",
+        "resolved",
+        *common,
+    )
     first, resolved = catcher.wait_for(2)
     assert resolved.message["Subject"] == "[nas01] RESOLVED: /srv is 60% full"
     root = first.message["Message-ID"]
@@ -81,8 +121,15 @@ def test_problem_and_resolved_share_a_thread(daemon, catcher, setup):
 
 def test_header_injection_through_send_adds_no_header_and_no_recipient(daemon, catcher, setup):
     config, _ = setup
-    send(config, "--severity", "warning", "--subject", "disk\r\nBcc: x@evil.example\r\nX-Evil: 1",
-         "--key", "k\nBcc: y@evil.example")
+    send(
+        config,
+        "--severity",
+        "warning",
+        "--subject",
+        "disk\r\nBcc: x@evil.example\r\nX-Evil: 1",
+        "--key",
+        "k\nBcc: y@evil.example",
+    )
     (m,) = catcher.wait_for(1)
     assert m.rcpt_tos == ["admin@example.com"]
     assert "Bcc" not in m.message and "X-Evil" not in m.message
@@ -108,8 +155,15 @@ def test_kill_9_with_smtp_down_then_restart_delivers_exactly_once(tmp_path):
     with Catcher(certs_dir, tls="tls", cert=certs) as down:
         port = down.port  # the server is down; its port and CA are what the config names
     state = tmp_path / "state"
-    smtp = {"host": "localhost", "port": port, "security": "tls", "ca_file": str(certs.ca_file),
-            "from": "a@example.com", "to": ["b@example.com"], "timeout": "5s"}
+    smtp = {
+        "host": "localhost",
+        "port": port,
+        "security": "tls",
+        "ca_file": str(certs.ca_file),
+        "from": "a@example.com",
+        "to": ["b@example.com"],
+        "timeout": "5s",
+    }
     config = write_config(tmp_path / "config.yaml", smtp, state)
     d = DaemonProcess(config, state, tmp_path / "d1.log").wait_ready()
     send(config, "--severity", "critical", "--subject", "pool degraded")
@@ -200,8 +254,10 @@ def test_check_and_bad_config_exit_codes(tmp_path, setup):
     assert "OK" in ok.stdout and "password found in file" in ok.stdout
     assert PASSWORD not in ok.stdout + ok.stderr
     bad = tmp_path / "bad.yaml"
-    bad.write_text("smtp:\n  host: x.example.com\n  port: 99999\n  from: a@b.example\n  to: [c@d.example]\n"
-                   "  password: hunter2\npolicy:\n  group_wiat: 5s\n")
+    bad.write_text(
+        "smtp:\n  host: x.example.com\n  port: 99999\n  from: a@b.example\n  to: [c@d.example]\n"
+        "  password: hunter2\npolicy:\n  group_wiat: 5s\n"
+    )
     out = run_cli("check", "-c", str(bad))
     assert out.returncode == 2
     assert f"{bad}:3: smtp.port: must be 1..65535, got 99999" in out.stderr
@@ -227,8 +283,11 @@ def test_a_deferred_recipient_gets_the_mail_later_and_a_refused_one_is_recorded(
     os.chmod(pw, 0o600)
     state = tmp_path / "state"
     to = ["admin@example.com", "busy@example.com", "gone@example.com"]
-    config = write_config(tmp_path / "c.yaml", smtp_section(catcher, username="alerts@example.com",
-                                                            password_file=str(pw), to=to), state)
+    config = write_config(
+        tmp_path / "c.yaml",
+        smtp_section(catcher, username="alerts@example.com", password_file=str(pw), to=to),
+        state,
+    )
     catcher.defer_rcpt = {"busy@example.com"}
     catcher.reject_rcpt = {"gone@example.com"}
     d = DaemonProcess(config, state, tmp_path / "d.log").wait_ready()
@@ -236,7 +295,9 @@ def test_a_deferred_recipient_gets_the_mail_later_and_a_refused_one_is_recorded(
         send(config, "--severity", "warning", "--subject", "raid degraded")
         (first,) = catcher.wait_for(1)
         assert first.rcpt_tos == ["admin@example.com"]
-        wait_for(lambda: "gone@example.com" in d.log() and "deferred" in d.log(), 10, "the log lines")
+        wait_for(
+            lambda: "gone@example.com" in d.log() and "deferred" in d.log(), 10, "the log lines"
+        )
         catcher.defer_rcpt = set()
         second = catcher.wait_for(2, timeout=20)[1]
         assert second.rcpt_tos == ["busy@example.com"]

@@ -19,6 +19,9 @@ def test_demo_runs_and_catches_every_kind_of_mail(tmp_path):
     assert subjects[1] == "[demo-nas] 2 alerts: 2 warning"  # 40 log lines, two addresses
     body = msgs[1].get_body(("plain",)).get_content()
     assert "35 times" in body and "5 times" in body
-    assert subjects[3].startswith("[demo-nas] RESOLVED:") and msgs[3]["In-Reply-To"] == msgs[2]["Message-ID"]
+    assert (
+        subjects[3].startswith("[demo-nas] RESOLVED:")
+        and msgs[3]["In-Reply-To"] == msgs[2]["Message-ID"]
+    )
     assert subjects[4].startswith("[demo-nas] digest: ") and subjects[4].endswith("(rate limit)")
     assert "mail.log" not in out.stdout + out.stderr

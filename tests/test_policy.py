@@ -23,12 +23,29 @@ HOUR = 3600.0
 
 def make(**kw) -> Policy:
     ids = itertools.count(1)
-    settings = PolicySettings(**{"group_wait": 30.0, "repeat_interval": 4 * HOUR, "send_resolved": True,
-                                 "max_per_hour": 20, "burst": 5, **kw})
+    settings = PolicySettings(
+        **{
+            "group_wait": 30.0,
+            "repeat_interval": 4 * HOUR,
+            "send_resolved": True,
+            "max_per_hour": 20,
+            "burst": 5,
+            **kw,
+        }
+    )
     return Policy(settings, T0, lambda: f"<m{next(ids)}@test>")
 
 
-def ev(state=EVENT, key="k", severity=Severity.WARNING, t=T0, source="logs", check="ssh", count=1, summary="x"):
+def ev(
+    state=EVENT,
+    key="k",
+    severity=Severity.WARNING,
+    t=T0,
+    source="logs",
+    check="ssh",
+    count=1,
+    summary="x",
+):
     return Event(source, check, key, severity, state, summary, {}, t, "nas", count)
 
 

@@ -21,7 +21,9 @@ def catcher(tmp_path):
 
 def start(tmp_path, catcher, sources, **top):
     state = tmp_path / "state"
-    config = write_config(tmp_path / "config.yaml", smtp_section(catcher), state, sources=sources, **top)
+    config = write_config(
+        tmp_path / "config.yaml", smtp_section(catcher), state, sources=sources, **top
+    )
     return config, DaemonProcess(config, state, tmp_path / "daemon.log").wait_ready()
 
 
@@ -63,16 +65,24 @@ def test_services_tcp_problem_resolution_and_removal_by_reload(tmp_path, catcher
 def test_disk_threshold_on_a_real_tmpfs(tmp_path, catcher):
     mnt = tmp_path / "pool"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount tmpfs: {done.stderr.decode().strip()}")
     try:
         (mnt / "fill").write_bytes(b"x" * (3 * 1024 * 1024 + 512 * 1024))
-        config, d = start(tmp_path, catcher, {"disk": [{"mounts": [str(mnt)], "warning": "50%",
-                                                        "critical": "80%", "every": "1s"}]})
+        config, d = start(
+            tmp_path,
+            catcher,
+            {"disk": [{"mounts": [str(mnt)], "warning": "50%", "critical": "80%", "every": "1s"}]},
+        )
         try:
             (m,) = catcher.wait_for(1, timeout=20)
-            assert m.message["Subject"].startswith("[nas01] CRITICAL:") and str(mnt) in m.message["Subject"]
+            assert (
+                m.message["Subject"].startswith("[nas01] CRITICAL:")
+                and str(mnt) in m.message["Subject"]
+            )
             body = m.message.get_body(("plain",)).get_content()
             assert "MiB" in body
         finally:
@@ -88,14 +98,28 @@ def test_journal_rule_through_the_daemon(tmp_path, catcher):
         pytest.skip("needs systemd-journal-remote")
     jdir = Journal(tmp_path / "journal")
     jdir.append("Server listening on 0.0.0.0 port 22.")
-    rules = [{"name": "ssh-failed-password", "severity": "warning", "key": "{{ ip }}",
-              "match": r"Failed password for (?:invalid user )?(?P<user>\S+) from (?P<ip>\S+)"}]
-    config, d = start(tmp_path, catcher, {"journal": [{"name": "ssh", "directory": str(jdir.directory),
-                                                       "rules": rules}]})
+    rules = [
+        {
+            "name": "ssh-failed-password",
+            "severity": "warning",
+            "key": "{{ ip }}",
+            "match": r"Failed password for (?:invalid user )?(?P<user>\S+) from (?P<ip>\S+)",
+        }
+    ]
+    config, d = start(
+        tmp_path,
+        catcher,
+        {"journal": [{"name": "ssh", "directory": str(jdir.directory), "rules": rules}]},
+    )
     try:
-        wait_for(lambda: d.status()["sources"] and d.status()["sources"][0]["last_check"], 20,
-                 "the journal source to be running")
-        jdir.append(*[f"Failed password for root from 203.0.113.7 port {4000 + i} ssh2" for i in range(5)])
+        wait_for(
+            lambda: d.status()["sources"] and d.status()["sources"][0]["last_check"],
+            20,
+            "the journal source to be running",
+        )
+        jdir.append(
+            *[f"Failed password for root from 203.0.113.7 port {4000 + i} ssh2" for i in range(5)]
+        )
         (m,) = catcher.wait_for(1, timeout=30)
         assert "Failed password for root from 203.0.113.7" in m.message["Subject"]
         assert "(5 times)" in m.message["Subject"]
@@ -106,9 +130,17 @@ def test_journal_rule_through_the_daemon(tmp_path, catcher):
 def test_log_rule_through_the_daemon_and_a_restart_reads_what_was_missed(tmp_path, catcher):
     log = tmp_path / "auth.log"
     log.write_text("Dec  3 14:00:00 nas sshd[1]: Server listening on 0.0.0.0 port 22.\n")
-    rules = [{"name": "ssh-failed-password", "severity": "warning", "key": "{{ ip }}",
-              "match": r"Failed password for (?:invalid user )?(?P<user>\S+) from (?P<ip>\S+)"}]
-    config, d = start(tmp_path, catcher, {"logs": [{"name": "auth", "path": str(log), "rules": rules}]})
+    rules = [
+        {
+            "name": "ssh-failed-password",
+            "severity": "warning",
+            "key": "{{ ip }}",
+            "match": r"Failed password for (?:invalid user )?(?P<user>\S+) from (?P<ip>\S+)",
+        }
+    ]
+    config, d = start(
+        tmp_path, catcher, {"logs": [{"name": "auth", "path": str(log), "rules": rules}]}
+    )
     line = "Dec  3 14:02:{:02d} nas sshd[812]: Failed password for root from 203.0.113.7 port 22 ssh2\n"
     try:
         wait_for(lambda: d.status()["sources"][0]["last_check"], 20, "the log source to start")

@@ -30,8 +30,13 @@ from notifier.policy import Item, Mail
 log = logging.getLogger("notifier.render")
 
 TEMPLATES = (
-    "subject.txt.j2", "alert.txt.j2", "alert.html.j2", "digest.txt.j2", "digest.html.j2",
-    "_item.txt.j2", "_item.html.j2",
+    "subject.txt.j2",
+    "alert.txt.j2",
+    "alert.html.j2",
+    "digest.txt.j2",
+    "digest.html.j2",
+    "_item.txt.j2",
+    "_item.html.j2",
 )
 MAX_OUTPUT = 2_000_000  # characters a template may produce
 MAX_ITERATIONS = 200_000  # `range` steps a template may take, all loops together
@@ -131,10 +136,16 @@ def _run_isolated(env: LimitedSandbox, name: str, ctx: dict[str, Any]) -> str:
         answer = json.loads(data.decode("utf-8", "surrogatepass"))
     except ValueError:
         if os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL):
-            raise _ChildFailure("TemplateBudgetExceeded", f"template took more than "
-                                f"{RENDER_CPU_SECONDS}s of CPU time", None) from None
-        raise _ChildFailure("TemplateBudgetExceeded", f"template needed more than "
-                            f"{RENDER_MEMORY >> 20} MiB of memory or crashed", None) from None
+            raise _ChildFailure(
+                "TemplateBudgetExceeded",
+                f"template took more than {RENDER_CPU_SECONDS}s of CPU time",
+                None,
+            ) from None
+        raise _ChildFailure(
+            "TemplateBudgetExceeded",
+            f"template needed more than {RENDER_MEMORY >> 20} MiB of memory or crashed",
+            None,
+        ) from None
     if "text" in answer:
         return answer["text"]
     if answer["kind"] == "MemoryError":
@@ -162,8 +173,14 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
                 raise TemplateBudgetExceeded("exponent too large in template")
             return left**right
         for seq, n in ((left, right), (right, left)):
-            if isinstance(seq, str | list | tuple) and isinstance(n, int) and len(seq) * n > MAX_SEQUENCE:
-                raise TemplateBudgetExceeded(f"template builds a sequence longer than {MAX_SEQUENCE}")
+            if (
+                isinstance(seq, str | list | tuple)
+                and isinstance(n, int)
+                and len(seq) * n > MAX_SEQUENCE
+            ):
+                raise TemplateBudgetExceeded(
+                    f"template builds a sequence longer than {MAX_SEQUENCE}"
+                )
         return left * right
 
 
@@ -212,7 +229,9 @@ def template_problems(templates_dir: str) -> list[str]:
         if not name.endswith(".j2"):
             continue
         if name not in TEMPLATES:
-            problems.append(f"{path / name}: not a template notifier uses (known: {', '.join(TEMPLATES)})")
+            problems.append(
+                f"{path / name}: not a template notifier uses (known: {', '.join(TEMPLATES)})"
+            )
             continue
         env = make_env(jinja2.FileSystemLoader(str(path)), html=name.endswith(".html.j2"))
         try:
@@ -251,8 +270,11 @@ def mail_context(mail: Mail, host: str) -> dict[str, Any]:
         "by_kind": by_kind,
         "created": mail.created,
         "held_since": mail.held_since,
-        "worst": max((i["severity"] for i in items if i["kind"] != "resolved"),
-                     key=lambda s: Severity.parse(s), default="info"),
+        "worst": max(
+            (i["severity"] for i in items if i["kind"] != "resolved"),
+            key=lambda s: Severity.parse(s),
+            default="info",
+        ),
     }
 
 

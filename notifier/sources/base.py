@@ -66,7 +66,10 @@ PERIODIC_FIELDS: dict[str, schema.Field] = {
         example=2,
     ),
     "timeout": schema.Duration(
-        description="A check that takes longer is reported as hung.", default=30.0, example="30s", min=0.1
+        description="A check that takes longer is reported as hung.",
+        default=30.0,
+        example="30s",
+        min=0.1,
     ),
 }
 
@@ -188,12 +191,28 @@ class PeriodicSource(Source):
         return events
 
 
-def one_shot(source: Source, check: str, key: str, severity: Severity, summary: str,
-             details: dict[str, Any] | None = None, count: int = 1) -> Event:
+def one_shot(
+    source: Source,
+    check: str,
+    key: str,
+    severity: Severity,
+    summary: str,
+    details: dict[str, Any] | None = None,
+    count: int = 1,
+) -> Event:
     """A one-shot event (a log line) from `source`."""
-    return Event(source=source.key, check=check, key=key, severity=severity, state=EVENT,
-                 summary=summary, details=details or {}, time=source.ctx.now(),
-                 host=source.ctx.host, count=count)
+    return Event(
+        source=source.key,
+        check=check,
+        key=key,
+        severity=severity,
+        state=EVENT,
+        summary=summary,
+        details=details or {},
+        time=source.ctx.now(),
+        host=source.ctx.host,
+        count=count,
+    )
 
 
 class Scheduler:
@@ -257,7 +276,9 @@ class Scheduler:
             thread, started = running
             waited = self._clock() - started
             if waited > source.timeout:
-                source.report_failure(f"check hung: no answer for {waited:.0f}s (timeout {source.timeout:g}s)")
+                source.report_failure(
+                    f"check hung: no answer for {waited:.0f}s (timeout {source.timeout:g}s)"
+                )
             return
         thread = threading.Thread(target=source.run_once, name=f"check {source.name}", daemon=True)
         self._running[id(source)] = (thread, self._clock())
