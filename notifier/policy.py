@@ -25,6 +25,7 @@ REMINDER = "reminder"  # a problem still open after repeat_interval
 CLEARED = "resolved"  # a problem cleared
 HAPPENED = "event"  # one-shot events, counted
 
+MAX_ALERTS = 50_000  # remembered identities; beyond it the least recently seen closed ones go
 MAX_PENDING_IDENTITIES = 10_000  # beyond this, new keys fold into one overflow item per check
 OVERFLOW_KEY = "(other keys)"
 
@@ -203,6 +204,7 @@ class Policy:
         self.dirty_pending: set[Identity] = set()
         self.removed_pending: set[Identity] = set()
         self._open: set[Identity] = set()
+        self._forgot_at = float("-inf")
 
     # -- restoring from the spool ------------------------------------------
     def restore(
@@ -473,14 +475,27 @@ class Policy:
         return [mail]
 
     def forget_old(self, now: float, older_than: float = 7 * 86400) -> list[Identity]:
-        """Drop closed alerts not seen for a week, so the table follows what is current."""
+        """Drop closed alerts not seen for a week, and beyond MAX_ALERTS the least recently
+        seen closed ones, so the table follows what is current and a botnet of distinct
+        addresses cannot grow it without bound. Does the work at most once a minute."""
+        if now - self._forgot_at < 60.0 and len(self.alerts) <= MAX_ALERTS:
+            return []
+        self._forgot_at = now
+        closed = [
+            (a.last_seen, ident)
+            for ident, a in self.alerts.items()
+            if not a.open and ident not in self.pending
+        ]
         gone = [
             ident
-            for ident, a in self.alerts.items()
-            if not a.open
-            and ident not in self.pending
-            and now - max(a.last_seen, a.last_notified or 0) > older_than
+            for seen, ident in closed
+            if now - max(seen, self.alerts[ident].last_notified or 0) > older_than
         ]
+        excess = len(self.alerts) - len(gone) - MAX_ALERTS
+        if excess > 0:
+            dropped = set(gone)
+            keep_room = excess + MAX_ALERTS // 5  # make room, so this does not run every batch
+            gone += [ident for _, ident in sorted(closed) if ident not in dropped][:keep_room]
         for ident in gone:
             del self.alerts[ident]
             self.dirty_alerts.discard(ident)

@@ -233,3 +233,23 @@ def test_anchored_clock_ignores_wall_clock_steps(monkeypatch):
     real = time_module.time
     monkeypatch.setattr(time_module, "time", lambda: real() - 6 * HOUR)
     assert abs(clock() - start) < 5  # stepping the wall clock back 6 h does not move it
+
+
+def test_remembered_identities_are_bounded_under_a_botnet_of_distinct_addresses():
+    from notifier.policy import MAX_ALERTS
+
+    p = make(group_wait=0.0, max_per_hour=3600, burst=3600)
+    p.observe(ev(PROBLEM, key="/srv"), T0)
+    t = T0
+    for i in range(MAX_ALERTS + 20_000):
+        if i % 5000 == 0:
+            t += 60
+            p.tick(t)
+            p.forget_old(t)
+        p.observe(ev(key=f"ip{i}", t=t), t)
+    p.tick(t + 1)
+    p.forget_old(t + 120)
+    assert len(p.alerts) <= MAX_ALERTS  # 70,001 identities were seen
+    assert ("logs", "ssh", "/srv") in p.alerts  # an open problem is never forgotten
+    assert ("logs", "ssh", f"ip{MAX_ALERTS + 19_999}") in p.alerts  # the most recent stay
+    assert p.forget_old(t + 130) == []  # not again within a minute
