@@ -224,9 +224,13 @@ class Spool:
         return {r[0]: json.loads(r[1]) for r in self.db.execute("SELECT k, v FROM positions")}
 
     def save_positions(self, db: sqlite3.Connection, positions: dict[str, Any]) -> None:
+        """Store positions; a position of None forgets the key (a file gone for good)."""
         db.executemany(
             "INSERT OR REPLACE INTO positions (k, v) VALUES (?, ?)",
-            [(k, json.dumps(v)) for k, v in positions.items()],
+            [(k, json.dumps(v)) for k, v in positions.items() if v is not None],
+        )
+        db.executemany(
+            "DELETE FROM positions WHERE k = ?", [(k,) for k, v in positions.items() if v is None]
         )
 
     # -- inbox: events posted by `notifier send` while no daemon ran -----------

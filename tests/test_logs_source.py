@@ -203,6 +203,28 @@ def test_a_glob_reads_new_files_from_their_start(tmp_path, started):
     assert paths["b first"] == str(tmp_path / "b.log")
 
 
+def test_a_glob_forgets_the_position_of_a_file_gone_for_good(tmp_path, started, monkeypatch):
+    from notifier.sources import tail
+
+    monkeypatch.setattr(tail, "RETIRE_AFTER", 0.2)  # how long a deleted file is still read
+    ctx = MemoryContext()
+    (tmp_path / "app-0.log").write_text("")
+    source = started(entry(tmp_path / "*.log"), ctx)
+    ready(ctx, tmp_path / "app-0.log")
+    append(tmp_path / "app-1.log", "one")  # appears later: read from its start
+    wait_for(lambda: ctx.seen() == {"one": 1}, 10, "the first file")
+    key = f"{source._label}:{tmp_path / 'app-1.log'}"
+    wait_for(lambda: ctx.position(key), 10, "its saved position")
+    (tmp_path / "app-1.log").unlink()
+    lines = iter(range(1_000_000))
+
+    def forgotten() -> bool:
+        append(tmp_path / "app-2.log", f"line {next(lines)}")  # a change: the source looks again
+        return key in ctx.positions and ctx.positions[key] is None
+
+    wait_for(forgotten, 10, "the forgotten position")
+
+
 def test_an_unreadable_path_is_reported_and_cleared_when_it_works(tmp_path, started):
     log = tmp_path / "app.log"
     log.mkdir()  # a directory: as root, the one thing that cannot be read as a log

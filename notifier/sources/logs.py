@@ -283,6 +283,10 @@ class LogsSource(Source):
             if self._is_glob and not tail.is_open and not os.path.lexists(path):
                 tail.close()
                 del self._tails[path]
+                # Gone for good (a dated log deleted by logrotate's maxage): forget its
+                # position, so the spool does not keep one row per file ever seen.
+                self._unsaved[self._key(path)] = None
+                self._save_positions(force=True)
 
     def _paths(self) -> list[str]:
         if self._is_glob:

@@ -97,14 +97,14 @@ class LogTail:
         *,
         at_end: bool,
         max_catchup: int,
-        retire_after: float = RETIRE_AFTER,
+        retire_after: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`saved`: the position of a previous run. Without one, start at the end of the file
         when `at_end` (the first start), else at its beginning (the file is new)."""
         self.path = path
         self.max_catchup = max_catchup
-        self.retire_after = retire_after
+        self.retire_after = RETIRE_AFTER if retire_after is None else retire_after
         self._clock = clock
         self._first: tuple[dict[str, Any] | None, bool] | None = (saved, at_end)
         self._cur: _OpenFile | None = None
@@ -279,6 +279,11 @@ class LogTail:
         copies = self._copies()
         queue, waiting = [], set()
         for f, fp, _ in sorted(copies, key=lambda c: self._age(c[2])):
+            if fp is None:
+                # Empty, or still being copied (copytruncate): its first line, and so which
+                # generation it is, is not known yet. The next look sees it whole.
+                os.close(f.fd)
+                continue
             if f.ino in held or (known is not None and (f.ino, fp) in known):
                 os.close(f.fd)
                 continue
@@ -299,7 +304,7 @@ class LogTail:
             else:
                 queue.append((f, 0, False))  # a whole generation written since we looked
         # A copy missed by one listing (being renamed just then) is still known.
-        seen = {(f.ino, fp) for f, fp, _ in copies}
+        seen = {(f.ino, fp) for f, fp, _ in copies if fp is not None}
         self._known = (seen | ((known or set()) & self._scanned)) - waiting
         self._scanned = seen
         if truncated:
