@@ -63,6 +63,12 @@ def _notifier(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _send(config: Path, severity: str, subject: str, **options: str) -> None:
+    """`notifier send` as a script would run it; options become --name value."""
+    flags = [arg for name, value in options.items() for arg in (f"--{name}", value)]
+    _notifier(config, "send", "--severity", severity, "--subject", subject, *flags)
+
+
 def _wait(catcher: object, n: int, timeout: float, what: str) -> None:
     try:
         catcher.wait_for(n, timeout=timeout)  # type: ignore[attr-defined]
@@ -126,19 +132,13 @@ def run_demo(directory: str | None = None, *, verbose: bool = False) -> int:
             _say(
                 "1. a script reports an event:  notifier send --severity critical --subject 'UPS on battery'"
             )
-            _notifier(
+            _send(
                 config,
-                "send",
-                "--severity",
                 "critical",
-                "--subject",
                 "UPS ups01 on battery",
-                "--source",
-                "nut",
-                "--key",
-                "ups01",
-                "--body",
-                "Input power lost at 14:02.",
+                source="nut",
+                key="ups01",
+                body="Input power lost at 14:02.",
             )
             _wait(catcher, 1, 20, "the send")
 
@@ -153,39 +153,10 @@ def run_demo(directory: str | None = None, *, verbose: bool = False) -> int:
             _wait(catcher, 2, 20, "the log burst")
 
             _say("3. a disk fills up, then is cleaned up: a problem and its resolution, one thread")
-            _notifier(
-                config,
-                "send",
-                "--severity",
-                "warning",
-                "--subject",
-                "/srv is 85% full",
-                "--source",
-                "disk",
-                "--check",
-                "usage",
-                "--key",
-                "/srv",
-                "--state",
-                "problem",
-            )
+            disk = {"source": "disk", "check": "usage", "key": "/srv"}
+            _send(config, "warning", "/srv is 85% full", **disk, state="problem")
             _wait(catcher, 3, 20, "the problem")
-            _notifier(
-                config,
-                "send",
-                "--severity",
-                "info",
-                "--subject",
-                "/srv is 61% full",
-                "--source",
-                "disk",
-                "--check",
-                "usage",
-                "--key",
-                "/srv",
-                "--state",
-                "resolved",
-            )
+            _send(config, "info", "/srv is 61% full", **disk, state="resolved")
             _wait(catcher, 4, 20, "the resolution")
 
             _say(
@@ -193,18 +164,7 @@ def run_demo(directory: str | None = None, *, verbose: bool = False) -> int:
             )
             for _round in range(3):
                 for k in range(5):
-                    _notifier(
-                        config,
-                        "send",
-                        "--severity",
-                        "warning",
-                        "--subject",
-                        f"backup job {k} failed",
-                        "--source",
-                        "cron",
-                        "--key",
-                        f"job{k}",
-                    )
+                    _send(config, "warning", f"backup job {k} failed", source="cron", key=f"job{k}")
                 time.sleep(1.2)  # paced like a real storm: each burst its own group
             _wait(catcher, 5, 30, "the digest")
             status = _notifier(config, "status")

@@ -64,8 +64,27 @@ class PolicySettings:
         )
 
 
+class _Stored:
+    """A dataclass kept in the spool as JSON, known by its (source, check, key) identity."""
+
+    source: str
+    check: str
+    key: str
+
+    @property
+    def identity(self) -> Identity:
+        return (self.source, self.check, self.key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        return cls(**d)
+
+
 @dataclass
-class Alert:
+class Alert(_Stored):
     """What we remember about one identity between mails."""
 
     source: str
@@ -82,20 +101,9 @@ class Alert:
     events_total: int = 0  # one-shot events seen under this identity, ever
     by_source: bool = False  # opened by a configured source (not `notifier send`)
 
-    @property
-    def identity(self) -> Identity:
-        return (self.source, self.check, self.key)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Alert:
-        return cls(**d)
-
 
 @dataclass
-class Item:
+class Item(_Stored):
     """One identity's line in a mail: what happened, how often, since when."""
 
     source: str
@@ -113,17 +121,6 @@ class Item:
     resolved_at: float | None = None  # a problem that cleared before its mail went out
     last_summary: str = ""
     host: str = ""
-
-    @property
-    def identity(self) -> Identity:
-        return (self.source, self.check, self.key)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Item:
-        return cls(**d)
 
 
 @dataclass
