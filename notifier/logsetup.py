@@ -31,7 +31,7 @@ def _priority(levelno: int) -> int:
 
 
 # Libraries that chatter at debug; shown only from -vv on.
-_NOISY = ("watchdog", "asyncio", "mail.log", "keyring", "urllib3")
+_NOISY = ("asyncio", "mail.log", "keyring", "urllib3")
 
 _secrets_lock = threading.Lock()
 _secrets: tuple[str, ...] = ()

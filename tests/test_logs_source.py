@@ -1,4 +1,4 @@
-"""sources.logs end to end in one process: real files, real inotify (watchdog), real logrotate,
+"""sources.logs end to end in one process: real files, real inotify, real logrotate,
 and a small in-memory stand-in for the daemon's spool (events and positions)."""
 
 from __future__ import annotations

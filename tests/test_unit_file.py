@@ -130,8 +130,7 @@ def test_daemon_libraries_work_without_writable_executable_memory(tmp_path):
             pass
         import json, socket, sqlite3, ssl
         import jinja2, psutil, re2, yaml
-        from watchdog.observers import Observer
-        from watchdog.events import FileSystemEventHandler
+        from notifier.sources._inotify import Inotify
         from notifier.keyring_file import FileKeyring
         ssl.create_default_context()
         db = sqlite3.connect({str(tmp_path / "spool.db")!r})
@@ -141,8 +140,8 @@ def test_daemon_libraries_work_without_writable_executable_memory(tmp_path):
         assert jinja2.Template("{{{{ a }}}}").render(a=1) == "1"
         psutil.disk_usage("/"); list(psutil.process_iter(["name"]))
         yaml.safe_load("a: 1")
-        obs = Observer(); obs.schedule(FileSystemEventHandler(), {str(tmp_path)!r}); obs.start()
-        obs.stop(); obs.join()
+        ino = Inotify(); ino.add_watch({str(tmp_path)!r}); open({str(tmp_path / "f")!r}, "w").close()
+        assert ino.read(); ino.close()
         FileKeyring({str(tmp_path / "k.json")!r}).set_password("s", "u", "p")
         print("ok")
         """

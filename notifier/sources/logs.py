@@ -1,24 +1,23 @@
 """`sources.logs`: rules applied to the lines appended to log files, like fail2ban, as events.
 
 Each entry follows a file or a glob like `tail -F`. The files' directories are watched with
-inotify (one watchdog observer for every entry, polling where inotify cannot serve), and a
-slow stat backstop catches what an event missed. Events and the position they were read up
+inotify (one instance and one thread for every entry, polling where inotify cannot serve), and
+a slow stat backstop catches what an event missed. Events and the position they were read up
 to are posted together, so a restart reads what was written while notifier was stopped.
 """
 
 from __future__ import annotations
 
-import errno
 import fnmatch
 import glob
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from notifier import schema
+from notifier.sources._dirwatch import shared_watcher
 from notifier.sources.base import COMMON_FIELDS, Source, SourceContext
 from notifier.sources.matching import EventBatch, RuleSet
 from notifier.sources.rules import Rule, rules_field
@@ -28,8 +27,6 @@ log = logging.getLogger("notifier.sources")
 
 BACKSTOP = 30.0  # seconds between looks at the files when no event came (missed events, NFS)
 POSITION_EVERY = 5.0  # a position moved by lines without events is saved at most this often
-POLL_EVERY = 2.0  # seconds between directory scans of the polling observer
-_INOTIFY_EXHAUSTED = {errno.ENOSPC, errno.EMFILE, errno.ENFILE, errno.ENOSYS}
 
 
 def _absolute(path: str) -> str:
@@ -65,132 +62,6 @@ ENTRY = schema.Map(
         ),
     },
 )
-
-
-class DirectoryWatcher:
-    """One watchdog observer shared by every log entry: callbacks per directory. Falls back to
-    watchdog's polling observer where inotify is unavailable or out of watches."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._observers: dict[bool, Any] = {}  # polling? -> running observer
-        self._watches: dict[tuple[str, bool], tuple[Any, _Dispatch]] = {}
-        self._inotify_broken: str | None = None
-
-    def add(self, directory: str, callback: Callable[[str], None], *, poll: bool = False) -> bool:
-        """Call `callback(path)` on changes in `directory`; False if it cannot be watched now."""
-        with self._lock:
-            for polling in (True,) if poll else (False, True):
-                if not polling and self._inotify_broken:
-                    continue
-                entry = self._watches.get((directory, polling))
-                if entry is not None and self._alive(entry[0], polling):
-                    entry[1].callbacks.add(callback)
-                    return True
-                dispatch = _Dispatch()
-                dispatch.callbacks |= {callback, *(entry[1].callbacks if entry else ())}
-                try:
-                    watch = self._schedule(directory, polling, dispatch)
-                except OSError as exc:
-                    if exc.errno not in _INOTIFY_EXHAUSTED or polling:
-                        return False  # gone, or not ours to watch: the backstop looks anyway
-                    self._inotify_broken = exc.strerror or str(exc)
-                    log.warning(
-                        "inotify cannot watch %s (%s); polling every %gs instead. Raise "
-                        "fs.inotify.max_user_watches / max_user_instances to fix.",
-                        directory,
-                        self._inotify_broken,
-                        POLL_EVERY,
-                    )
-                    continue
-                self._watches[(directory, polling)] = (watch, dispatch)
-                return True
-        return False
-
-    def remove(self, directory: str, callback: Callable[[str], None]) -> None:
-        """Stop calling `callback` for `directory`; the last one out unschedules the watch."""
-        with self._lock:
-            for polling in (False, True):
-                entry = self._watches.get((directory, polling))
-                if entry is None:
-                    continue
-                entry[1].callbacks.discard(callback)
-                if not entry[1].callbacks:
-                    del self._watches[(directory, polling)]
-                    try:
-                        self._observers[polling].unschedule(entry[0])
-                    except (KeyError, OSError):
-                        pass  # already gone with its directory
-
-    def _observer(self, polling: bool) -> Any:
-        observer = self._observers.get(polling)
-        if observer is None:
-            if polling:
-                from watchdog.observers.polling import PollingObserver
-
-                observer = PollingObserver(timeout=POLL_EVERY)
-            else:
-                from watchdog.observers import Observer
-
-                observer = Observer()
-            observer.daemon = True
-            observer.start()
-            self._observers[polling] = observer
-        return observer
-
-    def _schedule(self, directory: str, polling: bool, dispatch: _Dispatch) -> Any:
-        from watchdog import events as ev
-
-        stale = self._watches.pop((directory, polling), None)
-        if stale is not None:
-            try:
-                self._observers[polling].unschedule(stale[0])
-            except (KeyError, OSError):
-                pass
-        # Not opens and reads (ours would wake us), only what changes a file or a name.
-        wanted = [
-            ev.FileModifiedEvent,
-            ev.FileCreatedEvent,
-            ev.FileMovedEvent,
-            ev.FileDeletedEvent,
-            ev.FileClosedEvent,
-            ev.DirCreatedEvent,
-            ev.DirMovedEvent,
-            ev.DirDeletedEvent,
-        ]
-        return self._observer(polling).schedule(dispatch, directory, event_filter=wanted)
-
-    def _alive(self, watch: Any, polling: bool) -> bool:
-        observer = self._observers.get(polling)
-        return observer is not None and any(
-            e.watch == watch and e.is_alive() for e in observer.emitters
-        )
-
-
-class _Dispatch:
-    """A watchdog handler that hands each changed path to the callbacks of its directory."""
-
-    def __init__(self) -> None:
-        self.callbacks: set[Callable[[str], None]] = set()
-
-    def dispatch(self, event: Any) -> None:
-        for path in (event.src_path, getattr(event, "dest_path", "")):
-            if path:
-                for callback in list(self.callbacks):
-                    callback(os.fsdecode(path))
-
-
-_watcher: DirectoryWatcher | None = None
-_watcher_lock = threading.Lock()
-
-
-def shared_watcher() -> DirectoryWatcher:
-    """The process's one DirectoryWatcher."""
-    global _watcher
-    with _watcher_lock:
-        if _watcher is None:
-            _watcher = DirectoryWatcher()
-        return _watcher
 
 
 class LogsSource(Source):
@@ -359,10 +230,11 @@ class LogsSource(Source):
             self._watched.discard(directory)
 
     def _changed(self, path: str) -> None:
-        """A watchdog callback: wake up if the change may concern our files."""
+        """A DirectoryWatcher callback: wake up if the change may concern our files."""
         name = os.path.basename(path)
         if (
-            name.startswith(self._names)
+            path in self._watched  # the directory itself: gone, or anything in it may have changed
+            or name.startswith(self._names)
             or os.path.isdir(path)
             or (self._is_glob and fnmatch.fnmatch(name, os.path.basename(self.pattern)))
         ):
