@@ -411,6 +411,41 @@ def test_http_server_gone_is_critical(web):
     assert base.startswith("http://")
 
 
+def test_http_answer_that_is_not_http_is_critical_and_says_so():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+        threading.Thread(target=answer, daemon=True).start()
+        ob = observe(source(http=f"http://127.0.0.1:{port}/"))["http"]
+    assert ob.severity is Severity.CRITICAL
+    assert "not a valid HTTP answer (BadStatusLine" in ob.summary
+
+
+def test_without_an_http_check_neither_ssl_nor_http_client_is_loaded():
+    """They cost ~2 MiB of the idle daemon; only an http check needs them."""
+    code = """
+import socket, sys
+from notifier import schema
+from notifier.sources import services
+listener = socket.create_server(("127.0.0.1", 0))
+for conf in ({"tcp": "127.0.0.1:%d" % listener.getsockname()[1]}, {"tcp": "127.0.0.1:1"},
+             {"command": ["true"]}, {"process": "init"}):
+    errors = schema.Errors()
+    conf = services.ENTRY.validate(conf, "sources.services[0]", 1, errors)
+    assert not errors.problems and services.ServiceSource(conf, 0, None).check()
+print(sorted(m for m in ("ssl", "http.client", "_ssl", "hashlib") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 @pytest.fixture
 def private_ca(tmp_path):
     ca = trustme.CA()

@@ -232,3 +232,23 @@ def test_two_rotations_between_two_looks_lose_nothing(tmp_path, mode, restart):
         tail.close()
         tail = new_tail(log, saved)
     assert drain(tail) == ["b", "c", "d"]
+
+
+def test_fingerprint_is_the_sha1_of_the_first_line_as_saved_positions_hold_it(tmp_path):
+    """Positions saved by earlier versions hold hashlib's sha1: the digest must not change,
+    whichever implementation computes it (CPython's own, so that OpenSSL is not loaded)."""
+    import hashlib
+
+    from notifier.sources.tail import FINGERPRINT_SIZE, fingerprint
+
+    path = tmp_path / "app.log"
+    path.write_bytes(b"Mar  1 00:00:00 nas01 sshd[1]: first\nsecond\n")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert fingerprint(fd) == hashlib.sha1(b"Mar  1 00:00:00 nas01 sshd[1]: first").hexdigest()
+        path.write_bytes(b"x" * (FINGERPRINT_SIZE + 10))  # no newline in the first KiB
+        assert fingerprint(fd) == hashlib.sha1(b"x" * FINGERPRINT_SIZE).hexdigest()
+        path.write_bytes(b"incomplete")
+        assert fingerprint(fd) is None
+    finally:
+        os.close(fd)

@@ -7,13 +7,12 @@ a failure of the source, not news about the service.
 
 from __future__ import annotations
 
-import http.client
 import os
 import selectors
 import signal
 import socket
-import ssl
 import subprocess
+import sys
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -171,12 +170,15 @@ def _network_error(exc: BaseException, timeout: float) -> str:
         return f"cannot resolve the host name ({exc.strerror})"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (nothing listens there?)"
-    if isinstance(exc, ssl.SSLCertVerificationError):
+    # ssl and http.client (+2 MiB with email, libssl) are loaded by an http check, the only
+    # probe that raises their errors: the daemon without one never imports them.
+    ssl, client = sys.modules.get("ssl"), sys.modules.get("http.client")
+    if ssl is not None and isinstance(exc, ssl.SSLCertVerificationError):
         return (f"certificate not trusted: {exc.verify_message}; if a private CA signed it, "
                 "name that CA with ca_file:")  # fmt: skip
-    if isinstance(exc, ssl.SSLError):
+    if ssl is not None and isinstance(exc, ssl.SSLError):
         return f"TLS handshake failed: {exc.reason or exc}"
-    if isinstance(exc, http.client.HTTPException):
+    if client is not None and isinstance(exc, client.HTTPException):
         return f"not a valid HTTP answer ({type(exc).__name__}: {exc})"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror[0].lower() + exc.strerror[1:]
@@ -224,6 +226,9 @@ def parse_status_ranges(value: Any) -> list[tuple[int, int]]:
 def http_observations(url: str, expect: list[tuple[int, int]], timeout: float,
                       ca_file: str | None, cert_expiry: float, now: float) -> list[Observation]:  # fmt: skip
     """The answer of GET `url`, and for https the certificate's remaining validity."""
+    import http.client
+    import ssl
+
     parts = urlsplit(url)
     details: dict[str, Any] = {"url": url}
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -266,6 +271,8 @@ def http_observations(url: str, expect: list[tuple[int, int]], timeout: float,
 
 
 def _certificate(url: str, cert: dict[str, Any], warn_within: float, now: float) -> Observation:
+    import ssl
+
     not_after = ssl.cert_time_to_seconds(cert["notAfter"])
     left = not_after - now
     subject = dict(x[0] for x in cert.get("subject", ()))
