@@ -33,6 +33,16 @@ def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condit
         delay = min(delay * 2, 0.1)
 
 
+def exited(pid: int) -> bool:
+    """The process has ended: reaped, or a zombie its parent has not waited for yet."""
+    from notifier.sources._procfs import NoSuchProcess, Process
+
+    try:
+        return Process(pid).is_zombie()
+    except NoSuchProcess:
+        return True
+
+
 def notifier_cmd() -> list[str]:
     return [sys.executable, "-m", "notifier"]
 

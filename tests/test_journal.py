@@ -12,8 +12,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
+from helpers import exited
 
 from notifier import schema, sources
 from notifier.events import EVENT, Event, Severity
@@ -239,7 +239,7 @@ def test_restart_neither_misses_nor_repeats_and_stop_kills_journalctl(jdir, runn
     wait_for(lambda: ctx.events())
     child = src._proc.pid
     src.stop()
-    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    assert exited(child)
     assert not src._thread.is_alive()
 
     jdir.append(failed("203.0.113.2"), failed("203.0.113.3"))  # while the daemon is down

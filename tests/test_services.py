@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import trustme
+from helpers import exited
 
 from notifier import schema, sources
 from notifier.events import PROBLEM, Event, Severity
@@ -520,8 +520,7 @@ def test_command_timeout_kills_it_and_its_children(tmp_path):
     assert ob.severity is Severity.WARNING
     assert ob.summary == "stuck: timed out after 0.5s, killed: started"
     child = int(pids.read_text())
-    assert wait_for(lambda: not psutil.pid_exists(child) or
-                    psutil.Process(child).status() == psutil.STATUS_ZOMBIE, 5)  # fmt: skip
+    assert wait_for(lambda: exited(child), 5)
 
 
 def test_command_that_cannot_start_is_a_source_failure():

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
+from notifier.sources._procfs import mounts
 
 # Filesystems that hold data. Pseudo filesystems (tmpfs, proc, overlay, squashfs...) are left out.
 REAL_FSTYPES = (
@@ -36,10 +36,7 @@ class Mount:
 
 def current_mounts() -> dict[str, Mount]:
     """Mounted filesystems by mount point; the last one mounted on a point hides earlier ones."""
-    return {
-        p.mountpoint: Mount(p.mountpoint, p.device, p.fstype)
-        for p in psutil.disk_partitions(all=True)
-    }
+    return {point: Mount(point, device, fstype) for device, point, fstype in mounts()}
 
 
 class StatfsPool:

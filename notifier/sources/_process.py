@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from typing import Any
-
-import psutil
 
 from notifier import units
 from notifier.events import Severity
+from notifier.sources._procfs import AccessDenied, NoSuchProcess, Process, pids
 from notifier.sources.base import Observation
 
 _COMM_LENGTH = 15  # Linux truncates a process name (comm) to 15 characters
@@ -25,37 +25,43 @@ def name_matches(name: str, proc_name: str, cmdline: list[str] | None) -> bool:
 
 
 class ProcessWatch:
-    """The processes of one program across checks; keeps psutil handles so CPU use can be
+    """The processes of one program across checks; keeps each one's CPU time so CPU use can be
     measured between two checks instead of with a sleep."""
 
     def __init__(self, name: str, cmdline: str | None = None, pidfile: str | None = None) -> None:
         self.name = name
         self.cmdline = re.compile(cmdline) if cmdline else None
         self.pidfile = pidfile
-        self._handles: dict[tuple[int, float], psutil.Process] = {}
+        self._cpu_seen: dict[tuple[int, int], tuple[float, float]] = {}  # ident -> (when, cpu)
 
-    def find(self) -> tuple[list[psutil.Process], str]:
+    def find(self) -> tuple[list[Process], str]:
         """The running processes, and if there are none, why."""
         if self.pidfile:
             return self._from_pidfile()
         me = os.getpid()
         found = []
-        for proc in psutil.process_iter(["name", "cmdline", "status"]):
-            info = proc.info
-            if proc.pid == me or info["status"] == psutil.STATUS_ZOMBIE:
+        for pid in pids():
+            if pid == me:
                 continue
-            if self.cmdline is not None:
-                if self.cmdline.search(" ".join(info["cmdline"] or [])):
+            try:
+                proc = Process(pid)
+                if _or_none(proc.is_zombie):
+                    continue
+                cmdline = _or_none(proc.cmdline)
+                if self.cmdline is not None:
+                    if self.cmdline.search(" ".join(cmdline or [])):
+                        found.append(proc)
+                elif name_matches(self.name, _or_none(proc.name) or "", cmdline):
                     found.append(proc)
-            elif name_matches(self.name, info["name"] or "", info["cmdline"]):
-                found.append(proc)
+            except NoSuchProcess:
+                continue  # gone while we looked
         if found:
             return found, ""
         if self.cmdline is not None:
             return [], f"no process has a command line matching {self.cmdline.pattern!r}"
         return [], f"no process named {self.name} is running"
 
-    def _from_pidfile(self) -> tuple[list[psutil.Process], str]:
+    def _from_pidfile(self) -> tuple[list[Process], str]:
         try:
             with open(self.pidfile, encoding="ascii", errors="replace") as f:
                 text = f.read(64)
@@ -68,13 +74,13 @@ class ProcessWatch:
             return [], f"pidfile {self.pidfile} holds no process id: {pid_text[:40]!r}"
         pid = int(pid_text)
         try:
-            proc = psutil.Process(pid)
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                raise psutil.NoSuchProcess(pid)
+            proc = Process(pid)
+            if proc.is_zombie():
+                raise NoSuchProcess(pid)
             proc_name, cmdline = proc.name(), proc.cmdline()
-        except psutil.NoSuchProcess:
+        except NoSuchProcess:
             return [], f"process {pid} from {self.pidfile} is not running (stale pidfile)"
-        except psutil.AccessDenied:
+        except AccessDenied:
             return [proc], ""
         if not name_matches(self.name, proc_name, cmdline):
             return [], (f"process {pid} from {self.pidfile} is {proc_name!r}, not {self.name} "
@@ -112,35 +118,43 @@ class ProcessWatch:
                                f"{self.name} uses {what}, more than {limit_text}", details)  # fmt: skip
         return Observation(check, self.name, None, f"{self.name} uses {what}", details)
 
-    def _cpu(self, procs: list[psutil.Process]) -> float | None:
-        """Summed CPU percent since the previous check (above 100 on several cores, like top)."""
+    def _cpu(self, procs: list[Process]) -> float | None:
+        """Summed CPU percent since the previous check (above 100 on several cores, like top),
+        each process's rounded to 0.1 like psutil's cpu_percent."""
         total, measured = 0.0, 0
-        handles: dict[tuple[int, float], psutil.Process] = {}
+        seen: dict[tuple[int, int], tuple[float, float]] = {}
         for proc in procs:
             try:
-                ident = (proc.pid, proc.create_time())
-                handle = self._handles.get(ident)
-                if handle is None:
-                    handle = proc
-                    handle.cpu_percent(None)  # starts the measurement
-                else:
-                    total += handle.cpu_percent(None)
-                    measured += 1
-                handles[ident] = handle
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                now, cpu = time.monotonic(), proc.cpu_seconds()
+            except (NoSuchProcess, AccessDenied):
                 continue
-        self._handles = handles  # forget processes that are gone
+            before = self._cpu_seen.get(proc.ident)
+            if before is not None:  # else: the first sight starts the measurement
+                elapsed = now - before[0]
+                total += round((cpu - before[1]) / elapsed * 100, 1) if elapsed > 0 else 0.0
+                measured += 1
+            seen[proc.ident] = (now, cpu)
+        self._cpu_seen = seen  # forget processes that are gone
         return total if measured else None
 
     @staticmethod
-    def _rss(procs: list[psutil.Process]) -> int:
+    def _rss(procs: list[Process]) -> int:
         total = 0
         for proc in procs:
             try:
-                total += proc.memory_info().rss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                total += proc.rss()
+            except (NoSuchProcess, AccessDenied):
                 continue
         return total
+
+
+def _or_none(read: Any) -> Any:
+    """What `read()` returns, or None where /proc does not let us read it (as psutil's
+    process_iter gives an attribute it cannot read)."""
+    try:
+        return read()
+    except AccessDenied:
+        return None
 
 
 def _count(n: int) -> str:

@@ -13,8 +13,6 @@ import shlex
 from typing import Any
 from urllib.parse import urlsplit
 
-import psutil
-
 from notifier import schema, units
 from notifier.events import Severity
 from notifier.sources._probes import (
@@ -27,6 +25,7 @@ from notifier.sources._probes import (
     tcp_observation,
 )
 from notifier.sources._process import ProcessWatch
+from notifier.sources._procfs import memory_total
 from notifier.sources.base import PERIODIC_FIELDS, Observation, PeriodicSource
 
 KINDS = ("systemd", "process", "tcp", "http", "command")
@@ -119,7 +118,7 @@ class MemoryLimit(schema.Field):
 
     def convert(self, value: Any, path: str, line: int | None, errors: schema.Errors) -> Any:
         if isinstance(value, str) and value.strip().endswith("%"):
-            return int(units.parse_percent(value) / 100.0 * psutil.virtual_memory().total)
+            return int(units.parse_percent(value) / 100.0 * memory_total())
         return units.parse_size(value)
 
 
