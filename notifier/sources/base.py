@@ -218,9 +218,10 @@ def one_shot(
 class Scheduler:
     """Runs every PeriodicSource on its interval, each run in its own thread with a timeout.
 
-    One thread sleeps until the next run is due: no polling while idle. A run
-    that has not finished within the source's `timeout` is reported as hung and
-    the source is not started again until that run returns.
+    One thread sleeps until the next run is due or a run's timeout ends: no polling
+    while idle, and no timer thread per run. A run that has not finished within the
+    source's `timeout` is reported as hung and the source is not started again until
+    that run returns.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -228,6 +229,7 @@ class Scheduler:
         self._heap: list[tuple[float, int, PeriodicSource]] = []
         self._cond = threading.Condition()
         self._running: dict[int, tuple[threading.Thread, float]] = {}
+        self._deadlines: list[tuple[float, int, PeriodicSource, threading.Thread]] = []  # heap
         self._stopped = False
         self._thread: threading.Thread | None = None
         self._seq = 0
@@ -259,16 +261,35 @@ class Scheduler:
 
     def _loop(self) -> None:
         while True:
+            due: PeriodicSource | None = None
             with self._cond:
-                while not self._stopped and (not self._heap or self._heap[0][0] > self._clock()):
-                    wait = self._heap[0][0] - self._clock() if self._heap else None
-                    self._cond.wait(timeout=wait)
+                while not self._stopped:
+                    now = self._clock()
+                    overdue = self._overdue(now)
+                    if overdue or (self._heap and self._heap[0][0] <= now):
+                        break
+                    wake = min([when for when, *_ in self._heap[:1] + self._deadlines[:1]],
+                               default=None)  # fmt: skip
+                    self._cond.wait(timeout=None if wake is None else wake - now)
                 if self._stopped:
                     return
-                _, _, source = heapq.heappop(self._heap)
-                self._seq += 1
-                heapq.heappush(self._heap, (self._clock() + source.every, self._seq, source))
-            self._launch(source)
+                if self._heap and self._heap[0][0] <= now:
+                    _, _, due = heapq.heappop(self._heap)
+                    self._seq += 1
+                    heapq.heappush(self._heap, (now + due.every, self._seq, due))
+            for source in overdue:  # outside the lock: reporting posts an event
+                source.report_failure(f"check hung: no answer within {source.timeout:g}s")
+            if due is not None:
+                self._launch(due)
+
+    def _overdue(self, now: float) -> list[PeriodicSource]:
+        """Sources whose run passed its timeout just now (each run reported once)."""
+        overdue = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, source, thread = heapq.heappop(self._deadlines)
+            if thread.is_alive():
+                overdue.append(source)
+        return overdue
 
     def _launch(self, source: PeriodicSource) -> None:
         running = self._running.get(id(source))
@@ -281,13 +302,9 @@ class Scheduler:
                 )
             return
         thread = threading.Thread(target=source.run_once, name=f"check {source.name}", daemon=True)
-        self._running[id(source)] = (thread, self._clock())
+        started = self._clock()
+        self._running[id(source)] = (thread, started)
         thread.start()
-        # Watch this run for the timeout without blocking the scheduler.
-        watchdog = threading.Timer(source.timeout, self._overdue, args=(source, thread))
-        watchdog.daemon = True
-        watchdog.start()
-
-    def _overdue(self, source: PeriodicSource, thread: threading.Thread) -> None:
-        if thread.is_alive():
-            source.report_failure(f"check hung: no answer within {source.timeout:g}s")
+        with self._cond:  # the loop wakes at the deadline to see whether the run is still going
+            self._seq += 1
+            heapq.heappush(self._deadlines, (started + source.timeout, self._seq, source, thread))
