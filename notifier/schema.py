@@ -6,7 +6,6 @@ so a sysadmin fixes the whole file in one go (borgmatic's habit, plus lines).
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -200,6 +199,8 @@ class Map(Field):
                 continue
             spec = self.fields.get(key) if isinstance(key, str) else None
             if spec is None:
+                import difflib  # only for a config with a mistake: not in the daemon's memory
+
                 near = difflib.get_close_matches(str(key), list(self.fields), n=1, cutoff=0.6)
                 hint = f"; did you mean {near[0]!r}?" if near else ""
                 known = ", ".join(self.fields)

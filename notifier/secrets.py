@@ -7,7 +7,6 @@ value in a message, an exception or a repr.
 
 from __future__ import annotations
 
-import configparser
 import logging
 import os
 import stat
@@ -109,6 +108,8 @@ def _keyring_chosen_by_user() -> bool:
     """True if the user named a keyring backend (environment or keyringrc.cfg)."""
     if os.environ.get("PYTHON_KEYRING_BACKEND"):
         return True
+    import configparser  # here, not at import: the daemon without AUTH never needs it
+
     parser = configparser.RawConfigParser()
     try:
         parser.read(keyring_config_file(), encoding="utf-8")

@@ -14,7 +14,6 @@ import os
 import re
 import selectors
 import subprocess
-import tempfile
 import threading
 import time
 from typing import Any
@@ -218,7 +217,8 @@ class JournalSource(Source):
             if self._cursor is not None:
                 self._save_position()
         argv = self.command(self._cursor)
-        with tempfile.TemporaryFile() as errors:
+        # journalctl's stderr, read if it fails (an anonymous file: tempfile costs 0.3 MiB)
+        with open(os.memfd_create("journalctl-stderr", os.MFD_CLOEXEC), "w+b") as errors:
             try:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=errors)  # fmt: skip
