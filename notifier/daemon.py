@@ -22,6 +22,7 @@ log = logging.getLogger("notifier")
 
 INBOX_EVERY = 60.0  # how often the core looks for events `send` spooled while it was busy starting
 MAX_BATCH = 5000  # queue items applied before one commit
+TRIM_AFTER = 10.0  # seconds after start or reload to free memory: first checks and reads done
 
 
 class SourceContextImpl:
@@ -505,11 +506,21 @@ class Daemon:
             len(self.sources.by_name),
             self.state_dir,
         )
+        trim_at: float | None = time.monotonic() + TRIM_AFTER
         try:
             while True:
-                sig = signal.sigwait(signals)
+                if trim_at is None:
+                    sig = signal.sigwait(signals)
+                else:
+                    info = signal.sigtimedwait(signals, max(0.0, trim_at - time.monotonic()))
+                    if info is None:
+                        trim_at = None
+                        release_free_memory()
+                        continue
+                    sig = info.si_signo
                 if sig == signal.SIGHUP:
                     self.reload()
+                    trim_at = time.monotonic() + TRIM_AFTER
                 else:
                     log.info("%s: stopping", signal.Signals(sig).name)
                     break
@@ -553,6 +564,22 @@ def _one_malloc_arena() -> None:
         ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX
     except (OSError, AttributeError):
         pass
+
+
+def release_free_memory() -> bool:
+    """Hand the start-up's (or a reload's) freed memory back to the kernel: collect garbage
+    cycles, then glibc's malloc_trim(0) returns the free pages inside the heap, which free()
+    keeps. False without glibc."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 def _version() -> str:
