@@ -38,11 +38,15 @@ from _logdata import RULES
 RSS_TARGET = 30.0  # MiB
 CPU_TARGET = 0.1  # percent of one core
 # The libraries the daemon needs with this config, imported by a bare interpreter: the part
-# of its RSS that any Python program doing the same work would have.
+# of its RSS that any Python program doing the same work would have. Exactly the modules the
+# idle daemon has loaded (sys.modules, its own package aside), no more and no fewer.
 FLOOR = """
-import argparse, dataclasses, email.headerregistry, email.message, email.policy, email.utils
-import hashlib, json, logging, queue, selectors, smtplib, socket, sqlite3, ssl, subprocess
-import threading, uuid, yaml, psutil, re2, watchdog.observers
+import argparse, ctypes, dataclasses, encodings.ascii, encodings.idna, gc, glob, json, logging
+import pkgutil, queue, runpy, _sha1, selectors, shlex, shutil, socket, sqlite3, subprocess
+import threading, yaml, re2
+# the mail path, loaded at start (for now)
+import email.headerregistry, email.message, email.policy, email.utils, hashlib, smtplib, ssl
+import unicodedata, uuid
 print(int(open("/proc/self/statm").read().split()[1]) * __import__("os").sysconf("SC_PAGE_SIZE"))
 """
 
