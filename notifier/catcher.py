@@ -49,6 +49,9 @@ class Command:
     connection: int
     line: bytes  # without the line end
     tls_active: bool
+    # More of the client's bytes were already waiting when this line was read: it came
+    # pipelined with the next command, before this one was answered.
+    more_waiting: bool = False
 
     @property
     def verb(self) -> str:
@@ -75,6 +78,7 @@ class Connection:
     peer: Any
     commands: list[Command] = field(default_factory=list)
     auth: list[AuthAttempt] = field(default_factory=list)
+    closed: bool = False  # the client went away (after QUIT or not)
 
 
 @dataclass
@@ -150,6 +154,10 @@ class _RecordingSMTP(SMTP):
                 # AUTH and answer 538 (aio-libs/aiosmtpd#281). Tell it TLS is up.
                 self._tls_protocol = getattr(transport, "_ssl_protocol", True)
 
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        self.catcher._connection_closed(self.conn_id)
+
     def _cb_client_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         super()._cb_client_connected(reader, writer)
         # Every read (commands, AUTH continuations; readline goes through readuntil too)
@@ -159,7 +167,14 @@ class _RecordingSMTP(SMTP):
         async def readuntil(separator: bytes = b"\n") -> bytes:
             line = await plain_readuntil(separator)
             if not self.in_data:
-                self.catcher._record_command(self.conn_id, line.rstrip(b"\r\n"), self.tls_active())
+                self.catcher._record_command(
+                    Command(
+                        self.conn_id,
+                        line.rstrip(b"\r\n"),
+                        self.tls_active(),
+                        bool(reader._buffer),  # type: ignore[attr-defined]
+                    )
+                )
             return line
 
         reader.readuntil = readuntil  # type: ignore[method-assign]
@@ -167,6 +182,16 @@ class _RecordingSMTP(SMTP):
     async def smtp_DATA(self, arg: str) -> None:
         self.in_data = True
         try:
+            if self.catcher.data_without_rcpt and self.envelope and not self.envelope.rcpt_tos:
+                # Like servers that judge only the message: 354 although no recipient is
+                # valid. A pipelining client must then send the lone dot (RFC 2920 3.1).
+                await self.push("354 End data with <CR><LF>.<CR><LF>")
+                lines = 0
+                while await self._reader.readuntil(b"\r\n") != b".\r\n":
+                    lines += 1
+                self.catcher.content_without_rcpt.append(lines)
+                await self.push("554 5.5.1 Error: no valid recipients")
+                return
             await super().smtp_DATA(arg)
         finally:
             self.in_data = False
@@ -177,6 +202,14 @@ class _Handler:
 
     def __init__(self, catcher: Catcher) -> None:
         self.catcher = catcher
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses) -> list[str]:
+        session.host_name = hostname
+        if self.catcher.pipelining:
+            # aiosmtpd reads command by command from a buffered stream, so pipelined commands
+            # are answered in order; it only does not say so in its EHLO.
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options) -> str:
         if self.catcher.fail_mail_with:
@@ -225,7 +258,8 @@ class Catcher:
     """A real SMTP server on 127.0.0.1 that keeps every mail (and maildir/NNNN.eml if given).
 
     Misbehaviour switches, changeable at any time: `reject_rcpt` (550), `defer_rcpt`
-    (450), `fail_mail_with` and `fail_data_with` (any reply line), `drop_after_data`.
+    (450), `fail_mail_with` and `fail_data_with` (any reply line), `drop_after_data`,
+    `data_without_rcpt` (354 to a DATA with no valid recipient), `pipelining` (advertised).
     """
 
     host = "127.0.0.1"
@@ -241,6 +275,7 @@ class Catcher:
         hostname: str = "localhost",
         port: int = 0,
         auth_mechanisms: tuple[str, ...] = ("LOGIN", "PLAIN"),
+        pipelining: bool = True,
     ) -> None:
         if tls not in TLS_MODES:
             raise ValueError(f"tls must be one of {', '.join(TLS_MODES)}, got {tls!r}")
@@ -248,6 +283,7 @@ class Catcher:
         self.starttls_offered = starttls_offered
         self.auth = dict(auth) if auth is not None else None
         self.auth_mechanisms = tuple(m.upper() for m in auth_mechanisms)
+        self.pipelining = pipelining  # advertise PIPELINING (RFC 2920); changeable any time
         self.hostname = hostname
         self.maildir = Path(maildir) if maildir is not None else None
         self._own_certs = cert is None
@@ -259,6 +295,8 @@ class Catcher:
         self.fail_mail_with: str | None = None
         self.fail_data_with: str | None = None
         self.drop_after_data = False
+        self.data_without_rcpt = False
+        self.content_without_rcpt: list[int] = []  # lines sent after such a 354
         self.messages: list[CaughtMessage] = []
         self.unacknowledged: list[CaughtMessage] = []  # received, but no 250 was sent
         self.connections: list[Connection] = []
@@ -358,6 +396,13 @@ class Catcher:
         return [c.verb for c in self.commands if connection is None or c.connection == connection]
 
     # -- called from the server thread ----------------------------------------------------
+    def _connection_closed(self, conn_id: int) -> None:
+        with self._cond:
+            conn = self._connection(conn_id)
+            if conn is not None:
+                conn.closed = True
+            self._cond.notify_all()
+
     def _new_connection(self, peer: Any) -> int:
         with self._cond:
             conn = Connection(next(self._ids), peer)
@@ -368,11 +413,11 @@ class Catcher:
     def _connection(self, conn_id: int) -> Connection | None:
         return next((c for c in self.connections if c.id == conn_id), None)
 
-    def _record_command(self, conn_id: int, line: bytes, tls_active: bool) -> None:
+    def _record_command(self, command: Command) -> None:
         with self._cond:
-            conn = self._connection(conn_id)
+            conn = self._connection(command.connection)
             if conn is not None:
-                conn.commands.append(Command(conn_id, line, tls_active))
+                conn.commands.append(command)
 
     def _authenticate(
         self, server: _RecordingSMTP, session, envelope, mechanism: str, auth_data: LoginPassword

@@ -140,6 +140,14 @@ def check_everything(conf: dict[str, Any], say: Callable[[str], None]) -> int:
                 )
             else:
                 secret_line = f"password found in {secret.origin}"
+    if smtp.get("ca_file"):
+        from notifier.mail.smtp_errors import SmtpError
+        from notifier.mail.tls import tls_context
+
+        try:
+            tls_context(smtp["ca_file"])  # OpenSSL's own reading, as a session will do it
+        except SmtpError as exc:
+            problems.append(f"{at('smtp.ca_file')}: {exc}")
     if smtp.get("password_file"):
         # Other users able to read the password is a problem, not a remark.
         problems += [

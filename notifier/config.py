@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import binascii
 import ipaddress
 import os
 import socket
-import ssl
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +62,23 @@ def _readable_file(value: str) -> str:
 
 
 def _ca_file(value: str) -> str:
+    """A readable file holding at least one PEM certificate. Only its shape is checked here,
+    without the ssl module (the daemon loads that with its first mail, not at start):
+    `notifier check` and every SMTP session load it for real and say so if OpenSSL refuses."""
     _readable_file(value)
     try:
-        # A bare client context: the system store (~30 ms to load) is not what is checked here.
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=value)
-    except (ssl.SSLError, ValueError, OSError):
+        with open(value, "rb") as f:
+            text = f.read(1 << 20)
+        body = text.split(b"-----BEGIN CERTIFICATE-----", 1)[1].split(b"-----END CERTIFICATE-----")[
+            0
+        ]
+        der = binascii.a2b_base64(body)
+    except (IndexError, binascii.Error, OSError):
+        der = b""
+    if not der.startswith(b"\x30"):  # a certificate is a DER SEQUENCE
         raise ValueError(
             f"{value} holds no CA certificate in PEM format (-----BEGIN CERTIFICATE-----)"
-        ) from None
+        )
     return value
 
 

@@ -49,8 +49,8 @@ class Daemon:
     """One running notifier: build with a validated config, then `run()`."""
 
     def __init__(self, conf: dict[str, Any], config_path: str) -> None:
+        from notifier.mail.delivery import SmtpSettings
         from notifier.mail.message import make_message_id
-        from notifier.mail.smtp import SmtpSettings
 
         self.conf = conf
         self.config_path = config_path
@@ -422,7 +422,7 @@ class Daemon:
             self.notify.ready()
 
     def _reload_core(self, conf: dict[str, Any]) -> None:
-        from notifier.mail.smtp import SmtpSettings
+        from notifier.mail.delivery import SmtpSettings
 
         self.conf = conf
         self.host = conf["host_label"]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from notifier.catcher import Catcher, Certs
 from tests.helpers import (
@@ -341,3 +342,25 @@ print(release_free_memory(), (before - rss()) // 2**20)
     if trimmed == "False":
         pytest.skip("not glibc: no malloc_trim")
     assert int(released_mib) >= 15
+
+
+def test_check_reads_ca_file_with_openssl(tmp_path, setup):
+    """The daemon checks only that smtp.ca_file looks like PEM (so ssl is not loaded before
+    the first mail); `notifier check` reads it with OpenSSL and names what is wrong."""
+    config, _ = setup
+    fake = tmp_path / "fake-ca.pem"
+    fake.write_text("-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n")
+    text = config.read_text()
+    config.write_text(text.replace(yaml.safe_load(text)["smtp"]["ca_file"], str(fake)))
+    out = run_cli("check", "-c", str(config))
+    assert out.returncode == 2, out.stdout + out.stderr
+    said = out.stdout + out.stderr
+    assert "smtp.ca_file: cannot load smtp.ca_file" in said, said
+    assert "Traceback" not in said
+    notpem = tmp_path / "notpem.pem"
+    notpem.write_text("just text\n")
+    config.write_text(text.replace(yaml.safe_load(text)["smtp"]["ca_file"], str(notpem)))
+    out = run_cli("check", "-c", str(config))
+    assert (
+        out.returncode == 2 and "holds no CA certificate in PEM format" in out.stdout + out.stderr
+    )

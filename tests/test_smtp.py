@@ -7,6 +7,7 @@ import email.policy
 import socket
 
 import pytest
+from helpers import wait_for
 from smtpservers import (
     FROM,
     PASSWORD,
@@ -67,21 +68,39 @@ def test_required_starttls_with_auth_delivers(starttls_catcher):
     assert [a.tls_active for a in starttls_catcher.auth_attempts] == [True]
 
 
-def test_one_session_carries_three_mails_with_rset_between(tls_catcher):
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_one_session_carries_three_mails(tls_catcher, pipelining):
+    tls_catcher.pipelining = pipelining
     caught_when_reported = []
 
     def on_outcome(outcome: Outcome) -> None:
-        # Reported right after the server's 250, before the next mail is sent.
         caught_when_reported.append((outcome.ref, len(tls_catcher.messages)))
 
     envelopes = [make_envelope(subject=f"mail {i}", ref=i) for i in (1, 2, 3)]
     deliver(tls_catcher.settings(), PASSWORD, envelopes, on_outcome)
-    assert caught_when_reported == [(1, 1), (2, 2), (3, 3)]
+    # Reported only after the server's 250: one at a time right after it; pipelined after
+    # the next write, so the server may have taken the next mail too by then.
+    assert [ref for ref, _ in caught_when_reported] == [1, 2, 3]
+    for ref, caught in caught_when_reported:
+        assert caught == ref or (pipelining and caught == ref + 1), caught_when_reported
     assert len(tls_catcher.connections) == 1
+    # A transaction that ended with the server's answer to the message needs no RSET.
     transaction = ["MAIL", "RCPT", "DATA"]
-    expected = ["EHLO", "AUTH", *transaction, "RSET", *transaction, "RSET", *transaction, "QUIT"]
-    assert tls_catcher.verbs() == expected
+    assert tls_catcher.verbs() == ["EHLO", "AUTH", *transaction * 3, "QUIT"]
     assert [m.message["Subject"] for m in tls_catcher.messages] == ["mail 1", "mail 2", "mail 3"]
+    # Seen from the server: with PIPELINING, MAIL and RCPT arrived together with DATA, before
+    # their answers; without it, each command waited for the answer to the one before.
+    envelope_commands = [c for c in tls_catcher.commands if c.verb in ("MAIL", "RCPT", "DATA")]
+    assert [c.more_waiting for c in envelope_commands] == [pipelining, pipelining, False] * 3
+
+
+def test_pipelined_group_for_several_recipients(tls_catcher):
+    to = ["a@example.com", "b@example.com", "c@example.com"]
+    [outcome] = send_all(tls_catcher.settings(), PASSWORD, [make_envelope(to=to)])
+    assert outcome.delivered
+    group = [c for c in tls_catcher.commands if c.verb in ("MAIL", "RCPT", "DATA")]
+    assert [c.verb for c in group] == ["MAIL", "RCPT", "RCPT", "RCPT", "DATA"]
+    assert [c.more_waiting for c in group] == [True, True, True, True, False]
 
 
 def test_no_envelopes_no_connection(tls_catcher):
@@ -267,13 +286,32 @@ def test_refused_recipient_among_two(tls_catcher):
     assert tls_catcher.wait_for(1)[0].rcpt_tos == [TO]
 
 
-def test_all_recipients_refused_is_permanent_and_session_goes_on(tls_catcher):
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_all_recipients_refused_is_permanent_and_session_goes_on(tls_catcher, pipelining):
+    tls_catcher.pipelining = pipelining
     tls_catcher.reject_rcpt = {"gone@example.com"}
     envelopes = [make_envelope(to=["gone@example.com"], ref=1), make_envelope(ref=2)]
     first, second = send_all(tls_catcher.settings(), PASSWORD, envelopes)
     assert not first.delivered and "every recipient was refused" in first.permanent_error
     assert second.delivered
-    assert tls_catcher.verbs().count("RSET") == 1 and len(tls_catcher.connections) == 1
+    assert len(tls_catcher.messages) == 1 and len(tls_catcher.connections) == 1
+    # The refused transaction is cleared with RSET before the next one; DATA went out only
+    # inside the pipelined group (and was answered 503: no valid recipients).
+    verbs = tls_catcher.verbs()
+    assert verbs.count("RSET") == 1 and verbs.index("RSET") < verbs.index("MAIL", 3)
+    assert verbs.count("DATA") == (2 if pipelining else 1)
+
+
+def test_354_without_a_valid_recipient_gets_only_the_dot(tls_catcher):
+    """RFC 2920 3.1: a server may accept DATA although every RCPT failed; a pipelining client
+    must then send the lone dot, not the message."""
+    tls_catcher.reject_rcpt = {"gone@example.com"}
+    tls_catcher.data_without_rcpt = True
+    envelopes = [make_envelope(to=["gone@example.com"], ref=1), make_envelope(ref=2)]
+    first, second = send_all(tls_catcher.settings(), PASSWORD, envelopes)
+    assert not first.delivered and "every recipient was refused" in first.permanent_error
+    assert tls_catcher.content_without_rcpt == [0]  # not one line of the message
+    assert second.delivered and len(tls_catcher.messages) == 1
 
 
 def test_deferred_recipient_among_two_is_reported(tls_catcher):
@@ -288,7 +326,9 @@ def test_deferred_recipient_among_two_is_reported(tls_catcher):
     assert info.value.transient
 
 
-def test_451_to_data_is_transient_after_reported_outcomes(tls_catcher):
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_451_to_data_is_transient_after_reported_outcomes(tls_catcher, pipelining):
+    tls_catcher.pipelining = pipelining
     outcomes: list[Outcome] = []
 
     def on_outcome(outcome: Outcome) -> None:
@@ -301,7 +341,14 @@ def test_451_to_data_is_transient_after_reported_outcomes(tls_catcher):
     assert info.value.transient and info.value.code == 451
     assert "451 4.3.0 Try again later" in str(info.value)
     assert [o.ref for o in outcomes] == [1] and len(tls_catcher.messages) == 1
-    assert tls_catcher.verbs()[-1] == "QUIT"  # the session was fine: polite goodbye
+    if pipelining:
+        # Mail 3's MAIL, RCPT and DATA went with mail 2's message; the server said 354 to it.
+        # Only dropping the connection (no dot, no QUIT) keeps an empty mail from going.
+        assert tls_catcher.verbs()[-3:] == ["MAIL", "RCPT", "DATA"]
+        wait_for(lambda: tls_catcher.connections[0].closed, 10, "the dropped connection")
+        assert not tls_catcher.unacknowledged and len(tls_catcher.messages) == 1
+    else:
+        assert tls_catcher.verbs()[-1] == "QUIT"  # the session was fine: polite goodbye
 
 
 def test_5xx_to_data_is_permanent_for_that_mail(tls_catcher):
@@ -310,11 +357,42 @@ def test_5xx_to_data_is_permanent_for_that_mail(tls_catcher):
     assert not outcome.delivered and "554 5.7.1" in outcome.permanent_error
 
 
-def test_sender_refused_is_permanent_for_that_mail(tls_catcher):
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_message_refused_in_the_middle_the_session_goes_on(tls_catcher, pipelining):
+    tls_catcher.pipelining = pipelining
+    replies = {1: "554 5.7.1 Message rejected as spam", 2: None}
+
+    def on_outcome(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        tls_catcher.fail_data_with = replies.get(outcome.ref)
+
+    outcomes: list[Outcome] = []
+    envelopes = [make_envelope(subject=f"mail {i}", ref=i) for i in (1, 2, 3)]
+    deliver(tls_catcher.settings(), PASSWORD, envelopes, on_outcome)
+    assert [(o.ref, o.delivered) for o in outcomes] == [(1, True), (2, False), (3, True)]
+    assert "554 5.7.1" in outcomes[1].permanent_error
+    assert [m.message["Subject"] for m in tls_catcher.messages] == ["mail 1", "mail 3"]
+    assert len(tls_catcher.connections) == 1 and "RSET" not in tls_catcher.verbs()
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_sender_refused_is_permanent_for_that_mail(tls_catcher, pipelining):
+    tls_catcher.pipelining = pipelining
     tls_catcher.fail_mail_with = "553 5.7.1 Sender address rejected: not owned by user"
-    [outcome] = send_all(tls_catcher.settings(), PASSWORD, [make_envelope()])
-    assert not outcome.delivered and "553 5.7.1" in outcome.permanent_error
-    assert "DATA" not in tls_catcher.verbs()
+    outcomes: list[Outcome] = []
+
+    def on_outcome(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        tls_catcher.fail_mail_with = None
+
+    deliver(
+        tls_catcher.settings(), PASSWORD, [make_envelope(ref=1), make_envelope(ref=2)], on_outcome
+    )
+    first, second = outcomes
+    assert not first.delivered and "553 5.7.1" in first.permanent_error
+    assert second.delivered and len(tls_catcher.messages) == 1
+    verbs = tls_catcher.verbs()
+    assert verbs.count("DATA") == (2 if pipelining else 1) and verbs.count("RSET") == 1
 
 
 def test_421_is_transient(tls_catcher):

@@ -8,17 +8,28 @@ message passes any relay, 8BITMIME or not, and no line exceeds 998 octets.
 
 from __future__ import annotations
 
-import email.policy
+import functools
 import hashlib
 import re
 import unicodedata
 import uuid
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import formatdate
+from typing import TYPE_CHECKING
 
-# CRLF line endings, folding at 78, and 7-bit bodies: QP/base64 for anything not ASCII.
-POLICY = email.policy.SMTP.clone(cte_type="7bit")
+if TYPE_CHECKING:
+    from email.headerregistry import Address
+    from email.policy import Policy
+
+# The email package is loaded by the first build_message, not with this module: addresses and
+# Message-IDs (checked and made at start-up) do not need it, and it costs ~1 MiB for good.
+
+
+@functools.cache
+def _policy() -> Policy:
+    """CRLF line endings, folding at 78, and 7-bit bodies: QP/base64 for anything not ASCII."""
+    import email.policy
+
+    return email.policy.SMTP.clone(cte_type="7bit")
+
 
 # Headers build_message sets itself; extra_headers may not add a second copy.
 OWN_HEADERS = frozenset(
@@ -66,6 +77,7 @@ def _split_address(text: str) -> tuple[str, str]:
     return "", text
 
 
+@functools.lru_cache(maxsize=64)  # a backlog repeats the same few addresses on every mail
 def bare_address(value: str) -> str:
     """The plain `user@domain` of `Name <user@domain>`, ASCII (IDNA domain); ValueError if none.
 
@@ -94,6 +106,8 @@ def bare_address(value: str) -> str:
 
 def _address_header(value: str) -> Address:
     """`Name <addr>` as a header object (line breaks become spaces); any Unicode name."""
+    from email.headerregistry import Address
+
     text = clean_header_value(value)
     name, _ = _split_address(text)
     local, _, domain = bare_address(text).partition("@")
@@ -137,9 +151,12 @@ def build_message(
     extra_headers: dict[str, str] | None = None,
 ) -> bytes:
     """The bytes of one mail (CRLF, 7-bit), ready for SMTP DATA; ValueError on a bad address."""
+    from email.message import EmailMessage
+    from email.utils import formatdate
+
     if not to:
         raise ValueError("a message needs at least one recipient")
-    msg = EmailMessage(policy=POLICY)
+    msg = EmailMessage(policy=_policy())
     msg["Date"] = formatdate(date, localtime=True)
     msgid = _clean_msgid(message_id)
     if msgid is None:
@@ -167,4 +184,4 @@ def build_message(
     msg.set_content(text, subtype="plain", charset="utf-8")
     if html is not None:
         msg.add_alternative(html, subtype="html", charset="utf-8")
-    return msg.as_bytes(policy=POLICY)
+    return msg.as_bytes(policy=_policy())

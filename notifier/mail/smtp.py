@@ -3,7 +3,8 @@
 Promises: certificates are always verified (system store plus `ca_file`);
 STARTTLS fails closed; AUTH only inside TLS; the password never reaches a log,
 the `-v` dialogue or an exception. Every failure becomes an `SmtpError` that says
-whether to retry (`transient`) and what a sysadmin should do.
+whether to retry (`transient`) and what a sysadmin should do. The transactions
+themselves (MAIL, RCPT, DATA, pipelined or not) are in `transactions.py`.
 """
 
 from __future__ import annotations
@@ -11,21 +12,19 @@ from __future__ import annotations
 import base64
 import contextlib
 import itertools
-import os
-import re
+import select
 import smtplib
+import socket
 import ssl
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
-from notifier.config import DEFAULT_PORTS
-from notifier.mail.message import bare_address
+from notifier.mail.delivery import Envelope, Outcome, SmtpSettings
 from notifier.mail.smtp_errors import SmtpError, classify, explain, reply_error, reply_text
+from notifier.mail.tls import tls_context
+from notifier.mail.transactions import Transactions
 
-# SmtpError and explain live in smtp_errors; they are part of this module's API too.
+# SmtpError and explain live in smtp_errors, the plain types in delivery; all are part of this
+# module's API too.
 __all__ = ["Envelope", "Outcome", "SmtpError", "SmtpSession", "SmtpSettings", "deliver", "explain"]
 
 Debug = Callable[[str], None]
@@ -33,108 +32,6 @@ MASK = "********"
 APP_PASSWORD_HINT = (
     "check smtp.username, and use an app password if the account has 2-step verification"
 )
-
-
-@dataclass(frozen=True)
-class SmtpSettings:
-    """Where and how to connect; holds no secret."""
-
-    host: str
-    port: int
-    security: str  # "tls" | "starttls" | "none"
-    username: str | None = None
-    ca_file: str | None = None
-    timeout: float = 30.0
-    local_hostname: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.security not in DEFAULT_PORTS:
-            raise ValueError(f"smtp.security must be tls, starttls or none, got {self.security!r}")
-
-    @classmethod
-    def from_config(cls, smtp_conf: dict[str, Any]) -> SmtpSettings:
-        """Settings from the validated `smtp:` section of the config."""
-        security = smtp_conf.get("security") or "tls"
-        return cls(
-            host=smtp_conf["host"],
-            port=int(smtp_conf.get("port") or DEFAULT_PORTS[security]),
-            security=security,
-            username=smtp_conf.get("username") or None,
-            ca_file=smtp_conf.get("ca_file") or None,
-            timeout=float(smtp_conf.get("timeout") or 30.0),
-            local_hostname=smtp_conf.get("local_hostname") or None,
-        )
-
-    @property
-    def where(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-@dataclass
-class Envelope:
-    """One mail to hand over: bare addresses (a `Name <addr>` is reduced on send) and bytes."""
-
-    mail_from: str
-    rcpt_to: list[str]
-    data: bytes
-    ref: object = None  # the caller's id (the outbox row)
-
-
-@dataclass
-class Outcome:
-    """The server's final word on one mail."""
-
-    ref: object
-    delivered: bool  # True iff 250 to the end of DATA, for at least one recipient
-    refused: dict[str, str] = field(default_factory=dict)  # rcpt -> 5xx reply
-    permanent_error: str | None = None  # why this mail can never go as it is
-    reply: str = ""  # the server's final answer
-    # rcpt -> 4xx reply, for recipients that were deferred while others took the mail;
-    # the caller may queue a copy for them (a mail no recipient accepted raises instead).
-    deferred: dict[str, str] = field(default_factory=dict)
-
-
-# Building a context reads the whole system CA store (~30 ms, most of a mail's latency), so one
-# is kept per ca_file (its inode, size and mtime) for an hour; the rebuild sees CA updates.
-CONTEXT_TTL = 3600.0
-_contexts: dict[tuple[str | None, tuple[int, ...]], tuple[float, ssl.SSLContext]] = {}
-_contexts_lock = threading.Lock()
-
-
-def tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """The system trust store, hostname checked, plus `ca_file` (a private CA) if given."""
-    stamp: tuple[int, ...] = ()
-    try:
-        if ca_file:
-            st = os.stat(ca_file)
-            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)  # a changed file is read again
-    except OSError:
-        stamp = (-1,)  # not cached below: _new_context raises the error a person reads
-    key, now = (ca_file, stamp), time.monotonic()
-    with _contexts_lock:
-        cached = _contexts.get(key)
-        if cached is not None and now - cached[0] < CONTEXT_TTL:
-            return cached[1]
-    ctx = _new_context(ca_file)
-    with _contexts_lock:
-        if stamp != (-1,):
-            _contexts.clear()  # only the current one is worth keeping
-            _contexts[key] = (now, ctx)
-    return ctx
-
-
-def _new_context(ca_file: str | None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    if ca_file:
-        try:
-            ctx.load_verify_locations(cafile=ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise SmtpError(
-                f"cannot load smtp.ca_file {ca_file} ({getattr(exc, 'strerror', None) or exc}); "
-                "it must be a readable PEM file holding the CA certificate",
-                transient=False,
-            ) from None
-    return ctx
 
 
 class _Dialogue:
@@ -150,6 +47,20 @@ class _Dialogue:
         self._shown_instead = shown
         return self.docmd(line)  # type: ignore[attr-defined]
 
+    def send_pipelined(self, message: bytes, lines: list[str]) -> None:
+        """A message (on the wire, ending with its dot) and commands, in one write (PIPELINING);
+        each shows in the dialogue."""
+        if self.debug is not None and message:
+            if message != b".\r\n":
+                self.debug(f"C: [message, {len(message)} bytes]")
+            self.debug("C: .")
+        for line in lines:
+            if "\r" in line or "\n" in line:
+                raise ValueError(f"a line break in the SMTP command {line!r}")
+            if self.debug is not None:
+                self.debug("C: " + self.scrub(line))
+        self.send(message + "".join(line + "\r\n" for line in lines).encode("ascii"))  # type: ignore[attr-defined]
+
     def putcmd(self, cmd: str, args: str = "") -> None:
         if self.debug is not None:
             line = self._shown_instead or (f"{cmd} {args}" if args else cmd)
@@ -158,6 +69,8 @@ class _Dialogue:
         super().putcmd(cmd, args)  # type: ignore[misc]
 
     def getreply(self) -> tuple[int, bytes]:
+        if self.file is None:  # where smtplib would make its own reader (connect, STARTTLS)
+            self.file = _ReplyReader(self.sock)  # type: ignore[attr-defined]
         code, msg = super().getreply()  # type: ignore[misc]
         if self.debug is not None:
             lines = msg.decode("utf-8", "replace").split("\n")
@@ -165,6 +78,36 @@ class _Dialogue:
                 sep = " " if i == len(lines) - 1 else "-"
                 self.debug(self.scrub(f"S: {code}{sep}{text}".rstrip()))
         return code, msg
+
+
+class _ReplyReader:
+    """smtplib's reader of server replies (its `file`), which can also tell whether a reply
+    has already arrived: with PIPELINING that decides when an outcome is recorded."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+
+    def readline(self, limit: int = -1) -> bytes:
+        while (end := self._buf.find(b"\n")) < 0 and not 0 < limit <= len(self._buf):
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                break
+            self._buf += chunk
+        n = end + 1 if end >= 0 else len(self._buf)
+        n = min(n, limit) if limit > 0 else n
+        line = bytes(self._buf[:n])
+        del self._buf[:n]
+        return line
+
+    def arrived(self) -> bool:
+        """Whether reading a reply now would return without waiting for the server."""
+        if b"\n" in self._buf or getattr(self._sock, "pending", lambda: 0)():
+            return True
+        return bool(select.select([self._sock], [], [], 0)[0])
+
+    def close(self) -> None:
+        self._buf.clear()
 
 
 class _PlainClient(_Dialogue, smtplib.SMTP):
@@ -175,7 +118,7 @@ class _TlsClient(_Dialogue, smtplib.SMTP_SSL):
     pass
 
 
-class SmtpSession:
+class SmtpSession(Transactions):
     """One SMTP connection: connect, TLS, EHLO and AUTH on enter, QUIT on exit."""
 
     def __init__(self, settings: SmtpSettings, password: str | None, debug: Debug | None = None):
@@ -184,7 +127,9 @@ class SmtpSession:
         self._debug = debug
         self._client: _PlainClient | _TlsClient | None = None
         self._stage = "connecting"
-        self._transactions = 0
+        self._open_transaction = False  # a transaction the server has not finished
+        self._accepted = 0  # recipients the server took in the current transaction
+        self._unanswered = 0  # pipelined commands and messages whose reply was not read yet
         self._broken = False  # after a drop or timeout the connection cannot say QUIT
         self._secrets: list[str] = []
         if self._password:
@@ -215,7 +160,9 @@ class SmtpSession:
         if client is None:
             return
         try:
-            if not self._broken and client.sock is not None:
+            # With replies outstanding the server may be reading a message: only closing the
+            # connection (no QUIT, no dot) makes sure it is thrown away.
+            if not self._broken and not self._unanswered and client.sock is not None:
                 client.sock.settimeout(min(self.settings.timeout, 5.0))
                 client.docmd("QUIT")
         except (OSError, smtplib.SMTPException):
@@ -318,79 +265,9 @@ class SmtpSession:
             )
         raise self._reply_error(code, msg, "AUTH")
 
-    # -- one transaction ------------------------------------------------------------
-    def send(self, env: Envelope) -> Outcome:
-        """Hand one mail over; its Outcome, or SmtpError for the session or a 4xx (retry later)."""
-        try:
-            sender = bare_address(env.mail_from)
-            rcpts = [bare_address(r) for r in env.rcpt_to]
-        except ValueError as exc:
-            return Outcome(env.ref, False, permanent_error=f"bad envelope address: {exc}")
-        if not rcpts:
-            return Outcome(env.ref, False, permanent_error="the mail has no recipient")
-        client = self._require_client()
-        if self._transactions:
-            code, msg = self._command("RSET", "RSET")
-            if code != 250:
-                raise self._reply_error(code, msg, "RSET")
-        self._transactions += 1
-        data = _wire_data(env.data)
-        size = f" SIZE={len(data)}" if client.has_extn("size") else ""
-        code, msg = self._command("MAIL FROM", f"MAIL FROM:<{sender}>{size}")
-        if code == 530:  # not a problem of this mail: the server wants a login we do not give
-            raise SmtpError(
-                f"{self.settings.where} requires a login ({code} {reply_text(msg)}): set "
-                "smtp.username and store the password",
-                transient=False,
-                code=code,
-            )
-        if 500 <= code < 600:
-            return Outcome(
-                env.ref,
-                False,
-                permanent_error=f"sender {sender} refused: {code} {reply_text(msg)}",
-                reply=f"{code} {reply_text(msg)}",
-            )
-        if code != 250:
-            raise self._reply_error(code, msg, "MAIL FROM")
-        refused: dict[str, str] = {}
-        deferred: dict[str, str] = {}
-        for rcpt in rcpts:
-            code, msg = self._command("RCPT TO", f"RCPT TO:<{rcpt}>")
-            if code in (250, 251):
-                continue
-            if code == 421 or not 400 <= code < 600:
-                raise self._reply_error(code, msg, "RCPT TO")
-            (deferred if code < 500 else refused)[rcpt] = f"{code} {reply_text(msg)}"
-        accepted = len(rcpts) - len(refused) - len(deferred)
-        if not accepted:
-            every = ", ".join(f"{r}: {why}" for r, why in {**refused, **deferred}.items())
-            if deferred:
-                raise SmtpError(
-                    f"{self.settings.where} deferred the recipients ({every}); will retry",
-                    transient=True,
-                )
-            return Outcome(
-                env.ref,
-                False,
-                refused,
-                f"every recipient was refused: {every}",
-                reply=next(iter(refused.values())),
-            )
-        code, msg = self._command("DATA", "DATA")
-        if code == 354:
-            with self._step("sending the message"):
-                client.send(data)
-                if self._debug is not None:
-                    self._debug(f"C: [message, {len(data)} bytes]")
-                    self._debug("C: .")
-                code, msg = client.getreply()
-        reply = f"{code} {reply_text(msg)}"
-        if code == 250:
-            return Outcome(env.ref, True, refused, None, reply, deferred)
-        if 500 <= code < 600 and code != 421:
-            return Outcome(env.ref, False, refused, f"message refused: {reply}", reply, deferred)
-        raise self._reply_error(code, msg, "DATA")
+    def _reply_arrived(self) -> bool:
+        reader = self._require_client().file
+        return isinstance(reader, _ReplyReader) and reader.arrived()
 
     # -- helpers --------------------------------------------------------------------
     def _require_client(self) -> _PlainClient | _TlsClient:
@@ -451,15 +328,6 @@ class SmtpSession:
             self._info(f"{sock.version()} {cipher}; certificate of {self.settings.host} verified")
 
 
-def _wire_data(data: bytes) -> bytes:
-    """CRLF line ends, dot-stuffing (RFC 5321 4.5.2) and the final `.` line."""
-    data = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
-    data = re.sub(rb"(?m)^\.", b"..", data)
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    return data + b".\r\n"
-
-
 def deliver(
     settings: SmtpSettings,
     password: str | None,
@@ -477,5 +345,4 @@ def deliver(
     if first is None:
         return
     with SmtpSession(settings, password, debug) as session:
-        for env in itertools.chain([first], pending):
-            on_outcome(session.send(env))
+        session.send_all(itertools.chain([first], pending), on_outcome)

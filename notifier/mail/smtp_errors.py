@@ -7,13 +7,11 @@ reply, and `explain` serves `notifier test-email`.
 
 from __future__ import annotations
 
-import smtplib
 import socket
-import ssl
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from notifier.mail.smtp import SmtpSettings
+    from notifier.mail.delivery import SmtpSettings
 
 # ssl reasons meaning "the other end does not speak TLS here": a port/security mix-up.
 _NOT_TLS = {"WRONG_VERSION_NUMBER", "UNSUPPORTED_PROTOCOL", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG",
@@ -65,6 +63,9 @@ def reply_error(code: int, text: str, settings: SmtpSettings, stage: str) -> Smt
 
 def classify(exc: BaseException, settings: SmtpSettings, stage: str = "") -> SmtpError:
     """The SmtpError that says in one sentence what `exc` means, and whether to retry."""
+    import smtplib  # here, not at the top: the daemon imports SmtpError long before any mail
+    import ssl
+
     if isinstance(exc, SmtpError):
         return exc
     if isinstance(exc, smtplib.SMTPServerDisconnected) and isinstance(exc.__context__, OSError):

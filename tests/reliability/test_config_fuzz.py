@@ -66,7 +66,7 @@ def _run_as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
     so the child starts as root, imports, then drops its privileges)."""
     code = (
         "import os, sys; from notifier.cli import main; import notifier.check, "
-        "notifier.config, notifier.daemon, notifier.logsetup, notifier.secrets; os.setgroups([]); "
+        "notifier.config, notifier.daemon, notifier.logsetup, notifier.secrets, locale; os.setgroups([]); "
         "os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534); "
         "sys.exit(main(sys.argv[1:]))"
     )
