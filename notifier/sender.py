@@ -8,20 +8,29 @@ in a loop.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable
-from email.utils import parseaddr
 
-from notifier.mail.smtp import Envelope, Outcome, SmtpError, SmtpSettings, deliver
+from notifier.mail.delivery import Envelope, Outcome, SmtpSettings
+from notifier.mail.smtp_errors import SmtpError
 from notifier.spool import OutboxRow, Spool, SpoolError
 
 log = logging.getLogger("notifier.sender")
 
 FIRST_RETRY = 10.0  # seconds before the first retry; doubles each attempt up to retry_max
+
+
+@functools.lru_cache(maxsize=16)
+def _envelope_sender(mail_from: str) -> str:
+    """`alerts@example.com` of the From header `NAS <alerts@example.com>`."""
+    from email.utils import parseaddr  # loaded with the first mail, not at start
+
+    return parseaddr(mail_from)[1] or mail_from
 
 
 def backoff(attempts: int, cap: float, rng: Callable[[], float] = random.random) -> float:
@@ -108,11 +117,17 @@ class Sender:
     def _loop(self) -> None:
         spool = Spool(self.state_dir)
         try:
+            self._forget_delivered(spool)  # left by a daemon that stopped mid-backlog
             while True:
                 self.last_progress = time.monotonic()
                 rows, nxt = self._due(spool)
                 if rows:
-                    self._session(spool, rows)
+                    try:
+                        self._session(spool, rows)
+                    except Exception:  # a bug: say so, keep the mail, do not spin
+                        log.exception("the sender failed unexpectedly; trying again in 5s")
+                        self._stop.wait(5.0)
+                    self._forget_delivered(spool)
                     if self._stop.is_set():
                         return
                     continue
@@ -123,6 +138,14 @@ class Sender:
                 self._wake.clear()
         finally:
             spool.close()
+
+    @staticmethod
+    def _forget_delivered(spool: Spool) -> None:
+        """Drop the bytes of delivered mails (already out of the outbox) in one write."""
+        try:
+            spool.forget_delivered()
+        except SpoolError as exc:  # the unwritable spool is reported where it matters
+            log.debug("cannot drop delivered mails from the outbox yet: %s", exc)
 
     def _due(self, spool: Spool) -> tuple[list[OutboxRow], float | None]:
         """Every waiting mail (stored ones oldest first, then those in memory) once any is due;
@@ -226,13 +249,15 @@ class Sender:
 
         envelopes = [
             Envelope(
-                mail_from=parseaddr(r.mail_from)[1] or r.mail_from,
+                mail_from=_envelope_sender(r.mail_from),
                 rcpt_to=r.rcpts,
                 data=r.data,
                 ref=r.id,
             )
             for r in rows
         ]
+        from notifier.mail.smtp import deliver  # ssl and smtplib: loaded with the first mail
+
         self.busy_since = time.monotonic()
         try:
             deliver(self.settings, self.password(), envelopes, on_outcome)

@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     status TEXT NOT NULL DEFAULT 'ready'
 );
 CREATE INDEX IF NOT EXISTS outbox_ready ON outbox (status, next_attempt, id);
+-- outbox_stats() from this index alone: without it each call read every queued mail's bytes
+-- (0.46 ms for 500 mails, at every turn of the daemon's core while a backlog drains).
+CREATE INDEX IF NOT EXISTS outbox_depth ON outbox (status, created, attempts);
 CREATE TABLE IF NOT EXISTS delivered (
     id INTEGER PRIMARY KEY, message_id TEXT, summary TEXT, events INTEGER,
     created REAL, delivered REAL, reply TEXT, refused TEXT
@@ -55,6 +58,9 @@ CREATE TABLE IF NOT EXISTS taken (id TEXT PRIMARY KEY, time REAL NOT NULL);
 """
 
 KEEP_DELIVERED = 200  # how many delivered mails `status` can show
+# A mail waiting to be sent: ready, and not yet delivered (mark_delivered only adds the id to
+# `delivered`; forget_delivered deletes such rows later, all at once).
+WAITING = "status = 'ready' AND id NOT IN (SELECT id FROM delivered)"
 KEEP_TAKEN = 7 * 86400  # how long the ids of events taken from `send` are remembered
 
 
@@ -156,8 +162,25 @@ class Spool:
         self.db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE … COMMIT; a failure rolls everything back and raises SpoolError."""
+    def transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT; a failure rolls everything back and raises SpoolError.
+
+        `durable=False` commits without waiting for the disk (synchronous=NORMAL): the change
+        survives the daemon being killed, not a power cut (it may be undone back to the last
+        durable commit, never half applied). Only for bookkeeping whose loss repeats work and
+        loses nothing, like marking a mail delivered.
+        """
+        if not durable:
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._transaction() as db:
+                yield db
+        finally:
+            if not durable:
+                self.db.execute("PRAGMA synchronous=FULL")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         try:
             self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -298,13 +321,13 @@ class Spool:
         ahead anyway, and a new mail must not overtake one that waited out a failure."""
         if (
             self.db.execute(
-                "SELECT 1 FROM outbox WHERE status = 'ready' AND next_attempt <= ? LIMIT 1", (now,)
+                f"SELECT 1 FROM outbox WHERE {WAITING} AND next_attempt <= ? LIMIT 1", (now,)
             ).fetchone()
             is None
         ):
             return []
         rows = self.db.execute(
-            "SELECT * FROM outbox WHERE status = 'ready' ORDER BY id LIMIT ?", (limit,)
+            f"SELECT * FROM outbox WHERE {WAITING} ORDER BY id LIMIT ?", (limit,)
         ).fetchall()
         return [self._row(r) for r in rows]
 
@@ -313,14 +336,12 @@ class Spool:
         return [
             (r[0], r[1])
             for r in self.db.execute(
-                "SELECT id, next_attempt FROM outbox WHERE status = 'ready' ORDER BY id"
+                f"SELECT id, next_attempt FROM outbox WHERE {WAITING} ORDER BY id"
             )
         ]
 
     def next_attempt(self) -> float | None:
-        row = self.db.execute(
-            "SELECT MIN(next_attempt) FROM outbox WHERE status = 'ready'"
-        ).fetchone()
+        row = self.db.execute(f"SELECT MIN(next_attempt) FROM outbox WHERE {WAITING}").fetchone()
         return row[0]
 
     @staticmethod
@@ -343,8 +364,15 @@ class Spool:
     def mark_delivered(
         self, row: OutboxRow, now: float, reply: str, refused: dict[str, str]
     ) -> None:
-        with self.transaction() as db:
-            db.execute("DELETE FROM outbox WHERE id = ?", (row.id,))
+        """The server took the mail: it joins the delivered list, which takes it out of the
+        outbox at once (`forget_delivered` deletes its bytes later, in one go).
+
+        The cheapest write that records it, because one follows every mail of a backlog:
+        one small row, and no fsync (a power cut right after can only undo the mark, and the
+        mail then goes again: at least once, never lost; a kill -9 undoes nothing). The next
+        durable commit, or SQLite's WAL checkpoint, makes it final.
+        """
+        with self.transaction(durable=False) as db:
             db.execute(
                 "INSERT OR REPLACE INTO delivered (id, message_id, summary, events, created, delivered,"
                 " reply, refused) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -359,13 +387,24 @@ class Spool:
                     json.dumps(refused) if refused else None,
                 ),
             )
+
+    def forget_delivered(self) -> None:
+        """Delete the outbox rows of delivered mails; keep the last KEEP_DELIVERED of those."""
+        with self.transaction(durable=False) as db:
+            db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM delivered)")
             db.execute(
                 "DELETE FROM delivered WHERE id <= (SELECT MAX(id) FROM delivered) - ?",
                 (KEEP_DELIVERED,),
             )
-            self.set_meta(
-                db, "last_delivery", {"time": now, "reply": reply, "summary": row.summary}
-            )
+
+    def last_delivery(self) -> dict[str, Any] | None:
+        """When the latest mail was delivered, the server's reply and the mail's summary."""
+        row = self.db.execute(
+            "SELECT delivered, reply, summary FROM delivered ORDER BY delivered DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return self.get_meta("last_delivery")  # a spool from before the delivered list
+        return {"time": row[0], "reply": row[1], "summary": row[2]}
 
     def requeue_for(
         self, row: OutboxRow, rcpts: list[str], next_attempt: float, error: str
@@ -409,11 +448,11 @@ class Spool:
     def retry_now(self) -> None:
         """Make every waiting mail due now (start-up, reload: the admin just fixed something)."""
         with self.transaction() as db:
-            db.execute("UPDATE outbox SET next_attempt = 0 WHERE status = 'ready'")
+            db.execute(f"UPDATE outbox SET next_attempt = 0 WHERE {WAITING}")
 
     def outbox_stats(self) -> dict[str, Any]:
         ready = self.db.execute(
-            "SELECT COUNT(*), MIN(created), MAX(attempts) FROM outbox WHERE status = 'ready'"
+            f"SELECT COUNT(*), MIN(created), MAX(attempts) FROM outbox WHERE {WAITING}"
         ).fetchone()
         failed = self.db.execute("SELECT COUNT(*) FROM outbox WHERE status = 'failed'").fetchone()
         return {

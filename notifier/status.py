@@ -44,7 +44,7 @@ def collect_status(spool: Spool, live: dict[str, Any] | None = None) -> dict[str
                 {"id": r["id"], "summary": r["summary"], "error": r["last_error"]} for r in failed
             ],
         },
-        "last_delivery": spool.get_meta("last_delivery"),
+        "last_delivery": spool.last_delivery(),
         "last_error": spool.get_meta("last_error"),
         "sources": [
             {"name": r["name"], "last_check": r["last_check"], "last_error": r["last_error"]}
