@@ -91,9 +91,16 @@ class Result:
         self.figures: dict[str, Any] = {}
 
     def target(
-        self, what: str, target: str, measured: str, baseline: str, ratio: str, passed: bool
+        self,
+        what: str,
+        target: str,
+        measured: str,
+        baseline: str,
+        ratio: str,
+        passed: bool | None,
     ) -> None:
-        """One line of the table: a target, what was measured, against what, and the verdict."""
+        """One line of the table: a target, what was measured, against what, and the verdict
+        (None: a figure for the record, with no target of its own)."""
         self.targets.append(
             {
                 "what": what,
@@ -101,14 +108,14 @@ class Result:
                 "measured": measured,
                 "baseline": baseline,
                 "ratio": ratio,
-                "pass": bool(passed),
+                "pass": None if passed is None else bool(passed),
             }
         )
 
     def show(self) -> None:
         print(f"\n== {self.name}{' (quick)' if self.quick else ''}")
         for t in self.targets:
-            verdict = "PASS" if t["pass"] else "MISS"
+            verdict = {True: "PASS", False: "MISS", None: "INFO"}[t["pass"]]
             print(
                 f"  {verdict}  {t['what']}: {t['measured']} (target {t['target']}; "
                 f"baseline {t['baseline']}; ratio {t['ratio']})"
@@ -290,7 +297,8 @@ if sys.argv[3]:  # reuse a certificate made earlier (its CA is already trusted b
     certs = Certs.__new__(Certs)
     certs._tmp, certs.dir, certs.hostnames = None, sys.argv[3], ("localhost", "127.0.0.1")
     certs.ca_file, certs.server_pem = sys.argv[3] + "/ca.pem", sys.argv[3] + "/server.pem"
-c = Catcher(sys.argv[1], tls="tls", port=int(sys.argv[2]), cert=certs).start()
+auth = {sys.argv[4]: sys.argv[5]} if len(sys.argv) > 5 else None  # a throwaway bench account
+c = Catcher(sys.argv[1], tls="tls", port=int(sys.argv[2]), cert=certs, auth=auth).start()
 print(json.dumps({"port": c.port, "ca_file": c.ca_file}), flush=True)
 sys.stdin.read()
 c.stop()
@@ -301,10 +309,24 @@ class CatcherProcess:
     """notifier.catcher's TLS server in a child process (so it does not share our GIL); every
     mail it accepts lands in `maildir` as NNNN.eml."""
 
-    def __init__(self, maildir: Path, port: int = 0, certs_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        maildir: Path,
+        port: int = 0,
+        certs_dir: Path | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         self.maildir = maildir
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _CATCHER_CHILD, str(maildir), str(port), str(certs_dir or "")],
+            [
+                sys.executable,
+                "-c",
+                _CATCHER_CHILD,
+                str(maildir),
+                str(port),
+                str(certs_dir or ""),
+                *(auth or ()),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=notifier_env(),

@@ -23,6 +23,9 @@ TIMEOUT = 240  # seconds one benchmark may take before it is called hung
 BEGIN, END = "<!-- bench/run: begin -->", "<!-- bench/run: end -->"
 
 
+VERDICT = {True: "pass", False: "**MISS**", None: "-"}
+
+
 def run_one(name: str, quick: bool, out: Path) -> tuple[dict | None, float, str]:
     """The figures of one benchmark, its wall time, and its output."""
     argv = [sys.executable, str(HERE / f"{name}.py"), "--json", str(out)]
@@ -53,7 +56,7 @@ def table(results: dict[str, dict | None]) -> list[str]:
         for t in res["targets"]:
             rows.append(
                 f"| {t['what']} | {t['target']} | {t['measured']} | {t['baseline']} | "
-                f"{t['ratio']} | {'pass' if t['pass'] else '**MISS**'} |"
+                f"{t['ratio']} | {VERDICT[t['pass']]} |"
             )
     return rows
 
