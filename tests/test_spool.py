@@ -79,3 +79,36 @@ def test_delivery_mark_survives_the_process_being_killed(tmp_path):
     spool = Spool(tmp_path)
     assert spool.outbox_stats()["depth"] == 0
     assert [r["summary"] for r in spool.delivered_since(0)] == ["mail 0", "mail 1", "mail 2"]
+
+
+def test_a_delivered_mail_leaves_the_outbox_at_once_and_its_bytes_later(tmp_path):
+    spool = Spool(tmp_path)
+    add_mail(spool, 3)
+    first, second, third = spool.ready(float("inf"))
+    spool.mark_delivered(second, 2.0, "250 ok", {})
+    # Every reader sees it gone: what is ready, what waits, the depth, a retry.
+    assert [r.id for r in spool.ready(float("inf"))] == [first.id, third.id]
+    assert [i for i, _ in spool.waiting_times()] == [first.id, third.id]
+    assert spool.outbox_stats()["depth"] == 2
+    spool.retry_now()
+    assert spool.last_delivery() == {"time": 2.0, "reply": "250 ok", "summary": "mail 1"}
+    rows = spool.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    assert rows == 3  # the bytes are still there until forget_delivered
+    spool.forget_delivered()
+    assert [r[0] for r in spool.db.execute("SELECT id FROM outbox ORDER BY id")] == [
+        first.id,
+        third.id,
+    ]
+    assert [r["summary"] for r in spool.delivered_since(0)] == ["mail 1"]
+
+
+def test_forget_delivered_keeps_the_latest_for_status(tmp_path, monkeypatch):
+    monkeypatch.setattr("notifier.spool.KEEP_DELIVERED", 2)
+    spool = Spool(tmp_path)
+    add_mail(spool, 5)
+    for row in spool.ready(float("inf")):
+        spool.mark_delivered(row, 2.0, "250 ok", {})
+    spool.forget_delivered()
+    assert spool.outbox_stats()["depth"] == 0
+    assert spool.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+    assert [r["summary"] for r in spool.delivered_since(0)] == ["mail 3", "mail 4"]
