@@ -42,11 +42,10 @@ CPU_TARGET = 0.1  # percent of one core
 # idle daemon has loaded (sys.modules, its own package aside), no more and no fewer.
 FLOOR = """
 import argparse, ctypes, dataclasses, encodings.ascii, encodings.idna, gc, glob, json, logging
-import pkgutil, queue, runpy, _sha1, selectors, shlex, shutil, socket, sqlite3, subprocess
-import threading, yaml, re2
-# the mail path, loaded at start (for now)
-import email.headerregistry, email.message, email.policy, email.utils, hashlib, smtplib, ssl
-import unicodedata, uuid
+import pkgutil, queue, random, runpy, _sha1, selectors, shlex, shutil, socket, sqlite3
+import subprocess, threading, yaml, re2
+# mail/message.py, loaded at start by config.py's address check (for now)
+import hashlib, unicodedata, uuid
 print(int(open("/proc/self/statm").read().split()[1]) * __import__("os").sysconf("SC_PAGE_SIZE"))
 """
 
