@@ -44,8 +44,6 @@ FLOOR = """
 import argparse, ctypes, dataclasses, encodings.ascii, encodings.idna, gc, glob, json, logging
 import pkgutil, queue, random, runpy, _sha1, selectors, shlex, shutil, socket, sqlite3
 import subprocess, threading, yaml, re2
-# mail/message.py, loaded at start by config.py's address check (for now)
-import hashlib, unicodedata, uuid
 print(int(open("/proc/self/statm").read().split()[1]) * __import__("os").sysconf("SC_PAGE_SIZE"))
 """
 

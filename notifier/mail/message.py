@@ -9,10 +9,8 @@ message passes any relay, 8BITMIME or not, and no line exceeds 998 octets.
 from __future__ import annotations
 
 import functools
-import hashlib
+import os
 import re
-import unicodedata
-import uuid
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -43,6 +41,7 @@ OWN_HEADERS = frozenset(
 
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
 _SPACES = re.compile(r"\s+")
+_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _MSGID_BAD = re.compile(r"[^!-~]|[<>]")  # anything outside visible ASCII, and the brackets
 _DOMAIN_BAD = re.compile(r"[^a-z0-9.-]+")
 _ADDR_SPEC = re.compile(r'^[^\s<>()\[\],;:\\"@]+@[^\s<>()\[\],;:\\"@]+$')
@@ -50,19 +49,14 @@ _ADDR_SPEC = re.compile(r'^[^\s<>()\[\],;:\\"@]+@[^\s<>()\[\],;:\\"@]+$')
 
 def clean_header_value(value: object) -> str:
     """One line of text safe for a header: control and line-break characters become spaces."""
-    text = str(value)
-    out = []
-    for ch in text:
-        # Cc covers CR, LF, TAB, NUL, DEL and the C1 range (NEL); Zl/Zp are U+2028/U+2029,
-        # which Python's splitlines() and some mail clients treat as line breaks.
-        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
-            out.append(" ")
-        else:
-            out.append(ch)
+    # Unicode's Cc (CR, LF, TAB, NUL, DEL and the C1 range with NEL), Zl and Zp (U+2028,
+    # U+2029, which Python's splitlines() and some mail clients treat as line breaks): these
+    # sets are closed by Unicode's stability policy, so a character class is exact.
+    text = _BREAKING.sub(" ", str(value))
     # "=?" starts an RFC 2047 encoded word; Python < 3.12.5 decodes such words when folding and
     # lets an encoded CR LF become a real header (CVE-2024-6923). Event text is plain text, so
     # a zero-width space keeps it from ever being read as an encoded word.
-    return _SPACES.sub(" ", "".join(out)).strip().replace("=?", "=\u200b?")
+    return _SPACES.sub(" ", text).strip().replace("=?", "=\u200b?")
 
 
 def _split_address(text: str) -> tuple[str, str]:
@@ -130,8 +124,10 @@ def _domain(host_label: str) -> str:
 def make_message_id(host_label: str, seed: str | None = None) -> str:
     """A new `<…@host>` Message-ID; the same one every time for the same `seed` and host."""
     if seed is None:
-        local = uuid.uuid4().hex
+        local = os.urandom(16).hex()  # uuid4's randomness, without loading uuid and libcrypto
     else:
+        import hashlib  # only for seeded ids; hashlib maps libcrypto (+3.5 MiB resident)
+
         # Hash, not the seed itself: the seed may hold any text (alert keys, paths).
         local = hashlib.sha256(f"{host_label}\0{seed}".encode()).hexdigest()[:32]
     return f"<notifier.{local}@{_domain(host_label)}>"
