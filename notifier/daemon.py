@@ -5,7 +5,6 @@ the sender empties it. The main thread only waits for signals.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import signal
 import threading
@@ -13,7 +12,9 @@ import time
 from typing import Any
 
 from notifier.events import PROBLEM, RESOLVED, Event, Severity
-from notifier.policy import AnchoredClock, Mail, Policy, PolicySettings
+from notifier.mail.compose import compose, summary
+from notifier.memory import one_malloc_arena, release_free_memory
+from notifier.policy import AnchoredClock, Policy, PolicySettings
 from notifier.sender import Sender
 from notifier.sourceset import SourceSet
 from notifier.spool import OutboxRow, Spool, SpoolError
@@ -238,37 +239,6 @@ class Daemon:
         except SpoolError as exc:
             self._spool_failed(exc)
 
-    def _render(self, mail: Mail) -> bytes:
-        from notifier.mail.message import build_message
-
-        smtp = self.conf["smtp"]
-        try:
-            subject, text, html = self.renderer.render(mail)
-        except Exception as exc:  # even the built-in templates failed: still say something
-            log.exception("rendering mail failed")
-            subject = f"[{self.host}] {len(mail.items)} alert(s) (template error)"
-            text = f"The mail template failed ({exc}); the raw items follow.\n\n" + "\n".join(
-                f"{str(Severity(i.severity)).upper()} {i.summary} ({i.count}x)" for i in mail.items
-            )
-            html = None
-        headers = {
-            "mail_from": smtp["from"],
-            "to": smtp["to"],
-            "message_id": mail.message_id,
-            "in_reply_to": mail.in_reply_to,
-            "references": mail.references,
-            "date": time.time(),
-        }
-        try:
-            return build_message(subject=subject, text=text, html=html, **headers)
-        except Exception:  # text the mail encoder refuses: a mail in plain ASCII still goes out
-            log.exception("building the mail failed; sending it as plain ASCII text")
-            ascii_only = [
-                t.encode("ascii", "backslashreplace").decode("ascii").replace("=?", "= ?")
-                for t in (subject, text)
-            ]
-            return build_message(subject=ascii_only[0], text=ascii_only[1], html=None, **headers)
-
     def _write_policy(self, db: Any, positions: dict[str, Any]) -> None:
         self.spool.save_policy(db, self.policy)
         if self._taken_ids:
@@ -287,8 +257,8 @@ class Daemon:
                 "message_id": mail.message_id,
                 "mail_from": smtp["from"],
                 "rcpts": list(smtp["to"]),
-                "data": self._render(mail),
-                "summary": _summary(mail),
+                "data": compose(mail, self.renderer, smtp, self.host),
+                "summary": summary(mail),
                 "events": mail.total_events,
             }
             for mail in mails
@@ -489,7 +459,7 @@ class Daemon:
 
         signals = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
         signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # threads started below inherit the mask
-        _one_malloc_arena()
+        one_malloc_arena()
         self.control = ControlServer(self.state_dir, self.handle_request)
         self.control.start()
         self._core_thread = threading.Thread(target=self._core, name="core", daemon=True)
@@ -542,44 +512,6 @@ class Daemon:
             self.spool.outbox_stats()["depth"],
         )
         self.spool.close()
-
-
-def _summary(mail: Mail) -> str:
-    if len(mail.items) == 1:
-        item = mail.items[0]
-        return f"{item.kind} {item.source}/{item.check}/{item.key}: {item.summary}"[:200]
-    return f"{mail.kind}: {len(mail.items)} alerts, {mail.total_events} events"
-
-
-def _one_malloc_arena() -> None:
-    """Before any thread starts: one glibc malloc arena for all threads. By default each thread
-    that allocates gets an arena of its own, and a dozen mostly idle threads keep 1-3 MB
-    resident for nothing (bench/idle.py, bench/storm.py). No-op without glibc or when
-    MALLOC_ARENA_MAX is set."""
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
-def release_free_memory() -> bool:
-    """Hand the start-up's (or a reload's) freed memory back to the kernel: collect garbage
-    cycles, then glibc's malloc_trim(0) returns the free pages inside the heap, which free()
-    keeps. False without glibc."""
-    import gc
-
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        return False
-    return True
 
 
 def _version() -> str:

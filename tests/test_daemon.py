@@ -327,7 +327,7 @@ def test_release_free_memory_gives_freed_heap_pages_back(tmp_path):
     the middle of glibc's heap (which free() keeps) goes back to the kernel."""
     code = """
 import os
-from notifier.daemon import release_free_memory
+from notifier.memory import release_free_memory
 def rss(): return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 blocks = [bytes(4000) for _ in range(5000)]  # 20 MB from malloc's heap, not mmap
 pin = bytes(4000)  # above them: the freed blocks are not at the top, free() cannot trim them
