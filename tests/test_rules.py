@@ -303,3 +303,38 @@ def test_a_template_that_fails_on_a_line_falls_back_and_the_source_goes_on(caplo
         ("", 1, "user=eve\\x1b[31m"),  # \\S+ took the escape: nothing left for rest
     ]
     assert sum("template '{{ user / 2 }}' failed" in m for m in caplog.messages) == 1
+
+
+def test_folding_by_key_values_is_exact_for_every_kind_of_key():
+    """A repeat of the same key values is folded without rendering the key again; the identity
+    must still be the one the template gives, whatever the key uses."""
+    by_ip = rule(r"from (?P<ip>\S+)", key="{{ ip }}")
+    by_path = rule(r"from (?P<ip>\S+)", name="p", key="{{ path }}/{{ ip }}")
+    by_line = rule(r"from (?P<ip>\S+)", name="l", key="{{ line }}")
+    by_jinja = rule(r"from (?P<ip>\S+) port (?P<port>\d+)", name="j", key="{{ ip | upper }}")
+    missing = rule(r"from (?P<ip>\S+)", name="m", key="{{ nothere }}")
+    batch = EventBatch("logs", "nas01", 1.0)
+    lines = [b"from 10.0.0.1 port 22", b"from 10.0.0.2 port 22", b"from 10.0.0.1 port 23"]
+    for path in ("/var/log/a", "/var/log/b"):
+        for line in lines:
+            for r in (by_ip, by_path, by_line, by_jinja, missing):
+                batch.add(r, line, False, {"path": path})
+    batch.add(by_ip, b"from 10.0.0.1 port 9", False, {"path": ["not", "hashable"]})
+    events = batch.events()
+    got = {(e.check, e.key): e.count for e in events}
+    assert got == {
+        ("r", "10.0.0.1"): 5,
+        ("r", "10.0.0.2"): 2,
+        ("p", "/var/log/a/10.0.0.1"): 2,
+        ("p", "/var/log/a/10.0.0.2"): 1,
+        ("p", "/var/log/b/10.0.0.1"): 2,
+        ("p", "/var/log/b/10.0.0.2"): 1,
+        ("l", "from 10.0.0.1 port 22"): 2,
+        ("l", "from 10.0.0.2 port 22"): 2,
+        ("l", "from 10.0.0.1 port 23"): 2,
+        ("j", "10.0.0.1"): 4,
+        ("j", "10.0.0.2"): 2,
+        ("m", ""): 6,  # a key naming a value nobody has falls back to "" (and warns once)
+    }
+    (first,) = [e for e in events if (e.check, e.key) == ("r", "10.0.0.1")]
+    assert first.details["last_line"] == "from 10.0.0.1 port 9"
